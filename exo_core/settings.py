@@ -1,0 +1,94 @@
+"""Core settings (env prefix ``EXO_``) and this node's persistent id.
+
+Every field is a CLI flag (``--node-port``) and an environment variable (``EXO_NODE_PORT``); a flag wins
+over the environment, which wins over the default. Plugins bring their own settings models
+(see :mod:`exo_core.components`), surfaced the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def default_config_dir() -> Path:
+    """The user's config dir for exo: ``$XDG_CONFIG_HOME/exo`` (``~/.config/exo``), or
+    ``~/Library/Application Support/exo`` on macOS, ``%APPDATA%\\exo`` on Windows."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "exo"
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "exo"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "exo"
+
+
+class CoreSettings(BaseSettings):
+    """Settings of the exo core."""
+
+    model_config = SettingsConfigDict(env_prefix="EXO_", extra="ignore", validate_default=True)
+    cli_prefix: ClassVar[str] = ""
+
+    node_id: str | None = Field(
+        None, description="this node's id; default: a UUID created once and kept in the config dir"
+    )
+    node_host: str = Field("0.0.0.0", description="address the node (transport) listens on")
+    node_port: int = Field(50051, ge=1, le=65535, description="port the node (transport) listens on")
+    chatgpt_api_host: str = Field("0.0.0.0", description="address the OpenAI-compatible API and web page bind")
+    chatgpt_api_port: int = Field(
+        52415, ge=1, le=65535, description="port of the OpenAI-compatible API and web chat page"
+    )
+    discovery_module: str = Field("udp", description="how peers are found: manual, direct, udp, tcp, or a plugin's")
+    transport: str = Field("tcp", description="how nodes talk to each other")
+    partitioner: str = Field("ring-memory-weighted", description="how layers are split between nodes")
+    inference_engine: str = Field("auto", description="numpy, mlx, a plugin's, or auto (fastest available here)")
+    default_model: str = Field("smollm2-135m", description="model served when a request names none")
+    cluster_key: SecretStr | None = Field(
+        None, description="shared secret: peers must prove they know it (HMAC challenge-response)"
+    )
+    config_dir: Path = Field(
+        default_factory=default_config_dir, description="where the persistent node id is kept"
+    )
+    log_level: LogLevel = Field("INFO", description="logging verbosity")
+
+    def resolve_node_id(self) -> str:
+        """``--node-id`` if given, else the UUID kept in ``config_dir/node_id`` (created on first use)."""
+        if self.node_id:
+            return self.node_id
+        return persistent_node_id(self.config_dir)
+
+
+def persistent_node_id(config_dir: Path) -> str:
+    """Read this machine's node id from ``config_dir/node_id``, creating it (a UUID4) the first time."""
+    path = config_dir / "node_id"
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    node_id = str(uuid.uuid4())
+    config_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(node_id + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # atomic: two nodes starting at once never see a half-written id
+    return path.read_text(encoding="utf-8").strip()
+
+
+def env_var_name(settings_cls: type[BaseSettings], field_name: str) -> str:
+    """The environment variable a settings field is read from."""
+    prefix = str(settings_cls.model_config.get("env_prefix") or "")
+    return (prefix + field_name).upper()
+
+
+def cli_flag_name(settings_cls: type[BaseSettings], field_name: str) -> str:
+    """The CLI flag of a settings field: ``--`` + the model's ``cli_prefix`` + the field name, kebab-case."""
+    prefix = str(getattr(settings_cls, "cli_prefix", "") or "")
+    return "--" + (prefix + field_name).replace("_", "-")

@@ -1,0 +1,18 @@
+"""Plugin entry point: registers the ``tcp`` discovery component."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exo_core.components import ComponentContext, RegisterComponent
+from exo_core.errors import NotImplementedYetError
+from exo_core.hookspecs import hookimpl
+
+
+def _build(ctx: ComponentContext) -> Any:
+    raise NotImplementedYetError("discovery 'tcp' is not implemented yet")
+
+
+@hookimpl
+def exo_register_discovery(register: RegisterComponent) -> None:
+    register("tcp", _build, description="LAN discovery by TCP hellos with gossip")
