@@ -157,7 +157,7 @@ def load_plugins(
 
     for kind in KINDS:
         caller = getattr(pm.hook, f"exo_register_{kind}")
-        for impl in reversed(caller.get_hookimpls()):  # pluggy lists them last-registered first
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             try:
                 impl.function(register=registry.register_for(kind, impl.plugin_name))
             except PluginError:
