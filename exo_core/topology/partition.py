@@ -1,0 +1,147 @@
+"""Layer plans: which node runs which contiguous range of a model's layers.
+
+The built-in ``ring-memory-weighted`` partitioner orders nodes by memory (largest first, ties broken by
+node id), prefers an order in which consecutive nodes of the ring are directly connected, and gives each
+node a contiguous range proportional to its memory (largest-remainder rounding, at least one layer each).
+The same topology always yields the same plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from exo_core.errors import ExoError
+
+#: Above this many nodes the connectivity-preferring search falls back to a greedy walk.
+_EXHAUSTIVE_MAX = 7
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One hop of a plan: ``node_id`` runs layers ``first_layer..last_layer`` (inclusive)."""
+
+    node_id: str
+    first_layer: int
+    last_layer: int
+
+    @property
+    def n_layers(self) -> int:
+        return self.last_layer - self.first_layer + 1
+
+
+Plan = tuple[PlanEntry, ...]
+
+
+class NoCapacityError(ExoError):
+    """No node can hold any layer (e.g. an empty cluster)."""
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """What a partitioner needs to know of a node."""
+
+    node_id: str
+    memory_mb: int
+
+
+class Partitioner(Protocol):
+    """Maps nodes and their connections to a plan for a model of ``n_layers`` layers."""
+
+    def plan(
+        self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int
+    ) -> Plan:
+        """Return a plan covering layers ``0..n_layers-1`` exactly once, in ring order."""
+        ...
+
+
+def _connected_pairs(order: Sequence[str], edges: frozenset[frozenset[str]]) -> tuple[int, int]:
+    """(directly connected hidden-state hops along the path, 1 if the wrap-around hop is direct too).
+
+    Path hops carry a hidden state every token; the wrap (last -> first) carries one token id, so it
+    counts only to break ties.
+    """
+    path = sum(1 for a, b in itertools.pairwise(order) if frozenset((a, b)) in edges)
+    wrap = int(len(order) > 2 and frozenset((order[-1], order[0])) in edges)
+    return path, wrap
+
+
+def ring_order(nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]]) -> list[str]:
+    """Memory order (largest first, then node id), rearranged to maximize directly connected neighbours.
+
+    Among orders with the most connected consecutive pairs (the ring closes from last to first), the one
+    closest to memory order (lexicographically by rank) wins, and the largest node always leads.
+    """
+    ranked = [n.node_id for n in sorted(nodes, key=lambda n: (-n.memory_mb, n.node_id))]
+    if len(ranked) <= 2:
+        return ranked
+    head, rest = ranked[0], ranked[1:]
+    if len(ranked) <= _EXHAUSTIVE_MAX:
+        best = ranked
+        best_score = _connected_pairs(ranked, edges)
+        for perm in itertools.permutations(rest):  # lexicographic in rank order: first best wins
+            order = [head, *perm]
+            score = _connected_pairs(order, edges)
+            if score > best_score:
+                best, best_score = order, score
+        return best
+    # greedy: from the head, step to the highest-ranked unvisited node that is directly connected
+    order, left = [head], list(rest)
+    while left:
+        nxt = next((c for c in left if frozenset((order[-1], c)) in edges), left[0])
+        order.append(nxt)
+        left.remove(nxt)
+    return order
+
+
+def allocate_layers(weights: Sequence[float], n_layers: int) -> list[int]:
+    """Split ``n_layers`` in proportion to ``weights`` (largest remainder), at least one each.
+
+    Requires ``len(weights) <= n_layers``. A zero (or negative) weight still gets its one layer; all
+    zero means equal shares.
+    """
+    n = len(weights)
+    if n == 0 or n > n_layers:
+        raise ValueError(f"cannot give {n} nodes at least one of {n_layers} layers")
+    w = [max(0.0, x) for x in weights]
+    if sum(w) <= 0:
+        w = [1.0] * n
+    total = sum(w)
+    quotas = [x / total * n_layers for x in w]
+    counts = [int(q) for q in quotas]
+    remainder = n_layers - sum(counts)
+    by_fraction = sorted(range(n), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in by_fraction[:remainder]:
+        counts[i] += 1
+    for i in range(n):  # no empty ranges: borrow from the largest share
+        while counts[i] == 0:
+            donor = max(range(n), key=lambda j: (counts[j], -j))
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts
+
+
+class RingMemoryWeighted:
+    """The built-in partitioner (``--partitioner ring-memory-weighted``)."""
+
+    def plan(
+        self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int
+    ) -> Plan:
+        if n_layers < 1:
+            raise ValueError("a model has at least one layer")
+        if not nodes:
+            raise NoCapacityError("no node is available to run the model")
+        if len({n.node_id for n in nodes}) != len(nodes):
+            raise ValueError("duplicate node ids in the topology")
+        # more nodes than layers: only the largest ones get a layer each
+        usable = sorted(nodes, key=lambda n: (-n.memory_mb, n.node_id))[:n_layers]
+        order = ring_order(usable, edges)
+        memory: Mapping[str, int] = {n.node_id: n.memory_mb for n in usable}
+        counts = allocate_layers([float(memory[node]) for node in order], n_layers)
+        plan, start = [], 0
+        for node, count in zip(order, counts, strict=True):
+            plan.append(PlanEntry(node, start, start + count - 1))
+            start += count
+        return tuple(plan)
