@@ -44,7 +44,9 @@ class Cli:
     def core_settings(self, ns: argparse.Namespace) -> CoreSettings:
         return build_settings(CoreSettings, given_values(ns, self.flags, CoreSettings))
 
-    def component_context(self, ns: argparse.Namespace, core: CoreSettings, component: Component) -> ComponentContext:
+    def component_context(
+        self, ns: argparse.Namespace, core: CoreSettings, component: Component
+    ) -> ComponentContext:
         settings = None
         if component.settings is not None:
             settings = build_settings(component.settings, given_values(ns, self.flags, component.settings))
@@ -84,7 +86,11 @@ def _node_flags_parser(plugins: Plugins, flags: list[Flag]) -> argparse.Argument
     parent = argparse.ArgumentParser(add_help=False)
     taken: dict[str, str] = {}
     parent.add_argument(
-        "-p", action="append", default=argparse.SUPPRESS, dest="plugin_opts", metavar="no:NAME",
+        "-p",
+        action="append",
+        default=argparse.SUPPRESS,
+        dest="plugin_opts",
+        metavar="no:NAME",
         help="block the plugin NAME (also EXO_DISABLED_PLUGINS=a,b; EXO_PLUGINS=a,b loads only those)",
     )
     core = parent.add_argument_group("node")
@@ -97,7 +103,9 @@ def _node_flags_parser(plugins: Plugins, flags: list[Flag]) -> argparse.Argument
         dist = plugins.info.get(component.plugin)
         where = f"{dist.distribution} {dist.version}".strip() if dist else component.plugin
         title = f"{component.kind} '{component.name}' ({where})"
-        group = parent.add_argument_group(title, f"only used with {SELECTOR_FLAGS[component.kind]} {component.name}")
+        group = parent.add_argument_group(
+            title, f"only used with {SELECTOR_FLAGS[component.kind]} {component.name}"
+        )
         owner = f"{component.kind} '{component.name}'"
         flags.extend(add_settings_flags(group, component.settings, owner=owner, taken=taken))
     return parent
@@ -116,11 +124,10 @@ def build_cli(plugins: Plugins) -> Cli:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("plugins", help="print the installed plugins and their components as JSON")
     sub.add_parser("version", help="print the version of exo-core and of each plugin")
-    sub.add_parser(
-        "capabilities", help="print this device's entry in peers.json format", parents=[parent]
-    )
+    sub.add_parser("capabilities", help="print this device's entry in peers.json format", parents=[parent])
     ping = sub.add_parser(
-        "ping", parents=[parent],
+        "ping",
+        parents=[parent],
         help="handshake with a node (through a tunnel too) and print its id, version and round-trip times",
     )
     ping.add_argument("target", metavar="HOST:PORT", help="the node to ping, e.g. 127.0.0.1:50051")
@@ -132,7 +139,16 @@ def build_cli(plugins: Plugins) -> Cli:
     run.add_argument("model", nargs="?", default=None, help="model id (default: --default-model)")
     run.add_argument("--prompt", required=True, help="the user message")
     run.add_argument("--max-tokens", type=int, default=128, help="maximum tokens to generate (default 128)")
-    run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default 0)")
+    run.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default 0)"
+    )
+    run.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
+    run.add_argument(
+        "--wait-peers", type=int, default=0, help="wait until this many peers joined (default 0)"
+    )
+    run.add_argument(
+        "--wait-timeout", type=float, default=10.0, help="seconds to wait for --wait-peers (default 10)"
+    )
     return Cli(plugins=plugins, parser=parser, flags=flags)
 
 
@@ -162,8 +178,14 @@ def _cmd_capabilities(cli: Cli, ns: argparse.Namespace) -> int:
     from exo_core.topology.device import device_capabilities
 
     core = cli.core_settings(ns)
-    entry = {"peers": {core.resolve_node_id(): {"address": f"{core.node_host}:{core.node_port}",
-                                                "device_capabilities": device_capabilities()}}}
+    entry = {
+        "peers": {
+            core.resolve_node_id(): {
+                "address": f"{core.node_host}:{core.node_port}",
+                "device_capabilities": device_capabilities(),
+            }
+        }
+    }
     print(json.dumps(entry, indent=2))
     return 0
 

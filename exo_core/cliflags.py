@@ -104,7 +104,9 @@ def add_settings_flags(
     return flags
 
 
-def given_values(namespace: argparse.Namespace, flags: list[Flag], settings_cls: type[BaseSettings]) -> dict[str, Any]:
+def given_values(
+    namespace: argparse.Namespace, flags: list[Flag], settings_cls: type[BaseSettings]
+) -> dict[str, Any]:
     """The field values the user typed on the command line for ``settings_cls``."""
     values: dict[str, Any] = {}
     for f in flags:

@@ -115,7 +115,9 @@ class Component:
         """Build the component, turning an unavailable component into a clear error."""
         reason = self.unavailable_reason()
         if reason is not None:
-            raise ComponentUnavailableError(f"{self.kind} '{self.name}' (plugin {self.plugin}) cannot run here: {reason}")
+            raise ComponentUnavailableError(
+                f"{self.kind} '{self.name}' (plugin {self.plugin}) cannot run here: {reason}"
+            )
         return self.factory(context)
 
 
@@ -191,7 +193,7 @@ class Registry:
         hint = (
             f"install {package}"
             if package
-            else f"install the package that provides it (an entry point in group 'exo_core.plugins')"
+            else "install the package that provides it (an entry point in group 'exo_core.plugins')"
         )
         msg = f"no {label} '{name}' (installed: {installed}); {hint}"
         if self.failed_plugins:

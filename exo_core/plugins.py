@@ -163,7 +163,9 @@ def load_plugins(
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin_name} failed in exo_register_{kind}: {exc!r}") from exc
+                raise PluginError(
+                    f"plugin {impl.plugin_name} failed in exo_register_{kind}: {exc!r}"
+                ) from exc
     return Plugins(manager=pm, registry=registry, info=info)
 
 

@@ -40,16 +40,39 @@ class CoreSettings(BaseSettings):
         None, description="this node's id; default: a UUID created once and kept in the config dir"
     )
     node_host: str = Field("0.0.0.0", description="address the node (transport) listens on")
-    node_port: int = Field(50051, ge=1, le=65535, description="port the node (transport) listens on")
-    chatgpt_api_host: str = Field("0.0.0.0", description="address the OpenAI-compatible API and web page bind")
-    chatgpt_api_port: int = Field(
-        52415, ge=1, le=65535, description="port of the OpenAI-compatible API and web chat page"
+    node_port: int = Field(
+        50051, ge=0, le=65535, description="port the node (transport) listens on (0: any free port)"
     )
-    discovery_module: str = Field("udp", description="how peers are found: manual, direct, udp, tcp, or a plugin's")
+    chatgpt_api_host: str = Field(
+        "0.0.0.0", description="address the OpenAI-compatible API and web page bind"
+    )
+    chatgpt_api_port: int = Field(
+        52415,
+        ge=0,
+        le=65535,
+        description="port of the OpenAI-compatible API and web chat page (0: any free port)",
+    )
+    discovery_module: str = Field(
+        "udp", description="how peers are found: manual, direct, udp, tcp, or a plugin's"
+    )
     transport: str = Field("tcp", description="how nodes talk to each other")
     partitioner: str = Field("ring-memory-weighted", description="how layers are split between nodes")
-    inference_engine: str = Field("auto", description="numpy, mlx, a plugin's, or auto (fastest available here)")
+    inference_engine: str = Field(
+        "auto", description="numpy, mlx, a plugin's, or auto (fastest available here)"
+    )
     default_model: str = Field("smollm2-135m", description="model served when a request names none")
+    model_path: Path | None = Field(
+        None,
+        description="a .gguf file or Hugging Face folder to serve, under the id of its file or folder name "
+        "(it then becomes the default model); every node of the cluster needs the same file",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="require 'Authorization: Bearer KEY' on the API's /v1/ routes"
+    )
+    request_timeout: float = Field(
+        120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
+    )
+    token_timeout: float = Field(30.0, gt=0, description="seconds a request waits for each later token")
     cluster_key: SecretStr | None = Field(
         None, description="shared secret: peers must prove they know it (HMAC challenge-response)"
     )

@@ -11,6 +11,10 @@ Enable it with ``-p exo_core.testing`` on the pytest command line, or ``pytest_p
     filled component registry: the quickest way to check a plugin registers what it should.
 ``free_port`` / ``free_ports``
     A free TCP port on 127.0.0.1, or a function ``(n) -> list[int]`` of distinct free ports.
+``exo_node``
+    A factory ``(*args, env=None, node_id=None) -> NodeProcess`` starting a real ``exo`` node in a
+    subprocess on free loopback ports (pass the discovery flags in ``args``); every node is stopped at
+    the end of the test. ``NodeProcess.get/post`` talk to its API.
 ``exo_config_dir``
     A temporary config dir, exported as ``EXO_CONFIG_DIR`` so nodes started by the test get their own
     persistent node id and never touch the user's.
@@ -18,7 +22,6 @@ Enable it with ``-p exo_core.testing`` on the pytest command line, or ``pytest_p
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,22 +29,10 @@ from typing import Any
 import pluggy
 import pytest
 
+from exo_core.nodeproc import NodeProcess, find_free_ports
 from exo_core.plugins import Plugins, load_plugins, make_manager
 
-
-def find_free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct TCP ports that are free on ``host`` right now (bound together, then released)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+__all__ = ["NodeProcess", "find_free_ports"]
 
 
 @pytest.fixture
@@ -86,3 +77,20 @@ def exo_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     path.mkdir()
     monkeypatch.setenv("EXO_CONFIG_DIR", str(path))
     yield path
+
+
+@pytest.fixture
+def exo_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Start real ``exo`` nodes in subprocesses; all are stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def start(
+        *args: str, env: dict[str, str] | None = None, node_id: str | None = None, timeout: float = 60.0
+    ) -> NodeProcess:
+        node = NodeProcess(tmp_path / f"node{len(started)}", args=args, env=env or {}, node_id=node_id)
+        started.append(node)
+        return node.start(timeout=timeout)
+
+    yield start
+    for node in started:
+        node.stop()

@@ -32,12 +32,16 @@ SEED_FLAGS = [
 ]
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, tmp: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
     if tmp is not None:
         full_env["EXO_CONFIG_DIR"] = str(tmp)
     full_env.update(env or {})
-    return subprocess.run([*EXO, *args], capture_output=True, text=True, env=full_env, timeout=60, check=False)
+    return subprocess.run(
+        [*EXO, *args], capture_output=True, text=True, env=full_env, timeout=60, check=False
+    )
 
 
 def test_help_lists_every_flag_with_env_and_default() -> None:
@@ -75,7 +79,9 @@ def test_flag_env_order_through_the_real_command(tmp_path: Path) -> None:
     assert port(["--node-port", "50098"], {"EXO_NODE_PORT": "50099"}) == "50098"
 
 
-def test_invalid_value_names_flag_and_env(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_invalid_value_names_flag_and_env(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("EXO_NODE_PORT", raising=False)
     assert main(["--node-port", "99999999", "capabilities"]) == 2
     err = capsys.readouterr().err
@@ -146,7 +152,9 @@ def test_plugin_settings_surface_as_flags(monkeypatch: pytest.MonkeyPatch) -> No
     help_text = cli.parser.format_help()
     assert "--testplug-depth" in help_text and "EXO_TESTPLUG_DEPTH" in help_text
     monkeypatch.setenv("EXO_TESTPLUG_DEPTH", "7")
-    ns = cli.parser.parse_args(["--discovery-module", "testplug", "--testplug-names", "a, b", "--testplug-fast"])
+    ns = cli.parser.parse_args(
+        ["--discovery-module", "testplug", "--testplug-names", "a, b", "--testplug-fast"]
+    )
     core = cli.core_settings(ns)
     component = cli.selected(core, "discovery")
     settings = component.build(cli.component_context(ns, core, component))
@@ -155,4 +163,6 @@ def test_plugin_settings_surface_as_flags(monkeypatch: pytest.MonkeyPatch) -> No
     settings = component.build(cli.component_context(ns, core, component))
     assert settings.depth == 9
     with pytest.raises(ConfigError, match="--testplug-depth / EXO_TESTPLUG_DEPTH='x'"):
-        component.build(cli.component_context(cli.parser.parse_args(["--testplug-depth", "x"]), core, component))
+        component.build(
+            cli.component_context(cli.parser.parse_args(["--testplug-depth", "x"]), core, component)
+        )

@@ -55,10 +55,14 @@ def test_build_checks_availability(tmp_path: object) -> None:
     ok = Component("engine", "ok", _factory, plugin="p")
     assert ok.build(ctx) == "built for n1"
     missing = Component("engine", "gpu", _factory, plugin="p", available=lambda: "no GPU here")
-    with pytest.raises(ComponentUnavailableError, match=r"engine 'gpu' \(plugin p\) cannot run here: no GPU here"):
+    with pytest.raises(
+        ComponentUnavailableError, match=r"engine 'gpu' \(plugin p\) cannot run here: no GPU here"
+    ):
         missing.build(ctx)
 
     def broken() -> str | None:
         raise RuntimeError("boom")
 
-    assert "boom" in (Component("engine", "b", _factory, plugin="p", available=broken).unavailable_reason() or "")
+    assert "boom" in (
+        Component("engine", "b", _factory, plugin="p", available=broken).unavailable_reason() or ""
+    )

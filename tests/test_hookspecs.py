@@ -15,7 +15,9 @@ from exo_core.hookspecs import hookimpl
 from exo_core.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
-HOOKS = sorted(name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("exo_"))
+HOOKS = sorted(
+    name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("exo_")
+)
 
 
 def test_the_four_registries_exist() -> None:

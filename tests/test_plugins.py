@@ -49,7 +49,9 @@ def fake_entry_points(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setattr(
         plugins_module,
         "entry_points",
-        lambda group: [FakeEntryPoint(n, t) for n, t in installed.items()] if group == "exo_core.plugins" else [],
+        lambda group: (
+            [FakeEntryPoint(n, t) for n, t in installed.items()] if group == "exo_core.plugins" else []
+        ),
     )
     return installed
 
@@ -139,7 +141,9 @@ def test_hook_exception_names_plugin(fake_entry_points: dict[str, object]) -> No
         raise RuntimeError("kaboom")
 
     fake_entry_points["bad"] = _module("bad", exo_register_engine=exo_register_engine)
-    with pytest.raises(PluginError, match=r"plugin bad failed in exo_register_engine: RuntimeError\('kaboom'\)"):
+    with pytest.raises(
+        PluginError, match=r"plugin bad failed in exo_register_engine: RuntimeError\('kaboom'\)"
+    ):
         load_plugins(env={})
 
 

@@ -62,19 +62,23 @@ class ModelConfig:
         """Raise ``ValueError`` unless ``0 <= first_layer <= last_layer < n_layers``."""
         if not 0 <= first_layer <= last_layer < self.n_layers:
             raise ValueError(
-                f"invalid layer range {first_layer}..{last_layer}: the model has layers 0..{self.n_layers - 1}"
+                f"invalid layer range {first_layer}..{last_layer}: "
+                f"the model has layers 0..{self.n_layers - 1}"
             )
 
 
 def _check_arch(arch: str, where: str) -> str:
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelFormatError(
-            f"{where}: architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"{where}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
     return arch
 
 
-def config_from_gguf(metadata: dict[str, Any], *, has_output_tensor: bool, has_qkv_bias: bool, where: str) -> ModelConfig:
+def config_from_gguf(
+    metadata: dict[str, Any], *, has_output_tensor: bool, has_qkv_bias: bool, where: str
+) -> ModelConfig:
     """Build a :class:`ModelConfig` from GGUF metadata (``{arch}.block_count`` etc.)."""
     arch = _check_arch(str(metadata.get("general.architecture", "")), where)
 
@@ -128,7 +132,9 @@ def config_from_hf(folder: Path) -> ModelConfig:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelFormatError(f"{folder} has no config.json (a Hugging Face model folder needs one)") from None
+        raise ModelFormatError(
+            f"{folder} has no config.json (a Hugging Face model folder needs one)"
+        ) from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelFormatError(f"{path} is not readable JSON: {exc}") from exc
     return config_from_hf_dict(raw, where=str(path))

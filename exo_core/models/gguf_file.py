@@ -76,7 +76,9 @@ class GGUFFile:
         try:
             self._parse()
         except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
-            raise ModelFormatError(f"{path} is not a valid GGUF file (truncated or corrupt header: {exc})") from exc
+            raise ModelFormatError(
+                f"{path} is not a valid GGUF file (truncated or corrupt header: {exc})"
+            ) from exc
 
     def _parse(self) -> None:
         buf = memoryview(self._map)  # type: ignore[arg-type]
@@ -108,7 +110,9 @@ class GGUFFile:
             nbytes = _tensor_nbytes(shape, qtype)
             start = data_start + offset
             if start + nbytes > len(self._map):
-                raise ModelFormatError(f"{self.path}: tensor {name} extends past the end of the file (truncated?)")
+                raise ModelFormatError(
+                    f"{self.path}: tensor {name} extends past the end of the file (truncated?)"
+                )
             self.tensors[name] = GGUFTensorInfo(name, shape, qtype, start, nbytes)
 
     def _read_value(self, buf: memoryview, pos: int, vtype: int) -> tuple[Any, int]:
@@ -162,7 +166,9 @@ class GGUFFile:
         try:
             out = dequantize(raw, qtype)
         except NotImplementedError as exc:
-            raise ModelFormatError(f"{self.path}: tensor {name}: GGML type {qtype.name} is not supported ({exc})") from exc
+            raise ModelFormatError(
+                f"{self.path}: tensor {name}: GGML type {qtype.name} is not supported ({exc})"
+            ) from exc
         out = np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
         if out.base is not None or not out.flags.writeable:  # F32 comes back as a view of the memmap
             out = out.copy()
@@ -188,7 +194,9 @@ def _tensor_nbytes(shape: tuple[int, ...], qtype: int) -> int:
     for d in shape:
         n *= d
     if shape and shape[-1] % block:
-        raise ModelFormatError(f"tensor row of {shape[-1]} values is not a multiple of the block size {block}")
+        raise ModelFormatError(
+            f"tensor row of {shape[-1]} values is not a multiple of the block size {block}"
+        )
     return n // block * type_size
 
 

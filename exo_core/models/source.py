@@ -96,7 +96,8 @@ def resolve_model(
 
     Args:
         model_id_or_path: ``smollm2-135m``, ``/path/model.gguf``, ``/path/hf-folder`` or ``org/repo``.
-        layers: for hub downloads, the inclusive layer range this node will load (only the weight files holding
+        layers: for hub downloads, the inclusive layer range this node will load (only the weight files
+            holding
             them are fetched); ``None`` fetches every weight file.
         cache_dir / endpoint / revision: forwarded to ``huggingface_hub``.
 
@@ -122,7 +123,8 @@ def resolve_model(
     else:
         known = ", ".join(sorted(REGISTRY))
         raise ModelNotFoundError(
-            f"unknown model {text!r}: not a file or folder, not a registry id ({known}) and not a hub repo id "
+            f"unknown model {text!r}: not a file or folder, not a registry id ({known}) "
+            "and not a hub repo id "
             "(org/name). Pass a .gguf file or a Hugging Face folder with --model-path."
         )
     try:
@@ -130,8 +132,9 @@ def resolve_model(
     except ModelNotFoundError as exc:
         hint = f" ({entry.install_hint})" if entry is not None and entry.install_hint else ""
         raise ModelNotFoundError(f"model {text!r}: {exc}{hint}") from exc
-    source = ModelSource(text, "hf", folder, hub_repo=repo, revision=revision, cache_dir=cache_dir,
-                         endpoint=endpoint)
+    source = ModelSource(
+        text, "hf", folder, hub_repo=repo, revision=revision, cache_dir=cache_dir, endpoint=endpoint
+    )
     config = load_config(source)
     first, last = layers if layers is not None else (0, config.n_layers - 1)
     ensure_layers(source, first, last)
@@ -141,7 +144,9 @@ def resolve_model(
 def _local_source(text: str, path: Path) -> ModelSource:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ModelNotFoundError(f"{path} is a file but not a .gguf model; give a .gguf file or an HF folder")
+            raise ModelNotFoundError(
+                f"{path} is a file but not a .gguf model; give a .gguf file or an HF folder"
+            )
         return ModelSource(text, "gguf", path.resolve())
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
@@ -165,8 +170,14 @@ def ensure_layers(source: ModelSource, first_layer: int, last_layer: int) -> Non
         reader = SafetensorsWeights(source.path)
         config = load_config(source)
         files = reader.files_for(names_for_shard(config, reader.names(), first_layer, last_layer))
-    hub.download_weights(source.hub_repo, source.path, files, revision=source.revision,
-                         cache_dir=source.cache_dir, endpoint=source.endpoint)
+    hub.download_weights(
+        source.hub_repo,
+        source.path,
+        files,
+        revision=source.revision,
+        cache_dir=source.cache_dir,
+        endpoint=source.endpoint,
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -175,8 +186,12 @@ def load_config(source: ModelSource) -> ModelConfig:
     if source.format == "gguf":
         g = open_gguf(source.path)
         has_bias = any(name.endswith("attn_q.bias") for name in g.tensors)
-        return config_from_gguf(g.metadata, has_output_tensor="output.weight" in g.tensors,
-                                has_qkv_bias=has_bias, where=str(source.path))
+        return config_from_gguf(
+            g.metadata,
+            has_output_tensor="output.weight" in g.tensors,
+            has_qkv_bias=has_bias,
+            where=str(source.path),
+        )
     return config_from_hf(source.path)
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,20 +28,56 @@ from exo_core.models.gguf_file import GGUFFile
 
 log = logging.getLogger(__name__)
 
-LAYER_PARTS = ("attn_norm", "q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "ffn_norm", "gate", "up", "down")
+LAYER_PARTS = (
+    "attn_norm",
+    "q",
+    "k",
+    "v",
+    "o",
+    "q_bias",
+    "k_bias",
+    "v_bias",
+    "ffn_norm",
+    "gate",
+    "up",
+    "down",
+)
 
-_GGUF_GLOBAL = {"token_embd.weight": "embed", "output_norm.weight": "norm", "output.weight": "lm_head",
-                "rope_freqs.weight": "rope_freqs"}
-_GGUF_LAYER = {"attn_norm.weight": "attn_norm", "attn_q.weight": "q", "attn_k.weight": "k", "attn_v.weight": "v",
-               "attn_output.weight": "o", "attn_q.bias": "q_bias", "attn_k.bias": "k_bias", "attn_v.bias": "v_bias",
-               "ffn_norm.weight": "ffn_norm", "ffn_gate.weight": "gate", "ffn_up.weight": "up",
-               "ffn_down.weight": "down"}
+_GGUF_GLOBAL = {
+    "token_embd.weight": "embed",
+    "output_norm.weight": "norm",
+    "output.weight": "lm_head",
+    "rope_freqs.weight": "rope_freqs",
+}
+_GGUF_LAYER = {
+    "attn_norm.weight": "attn_norm",
+    "attn_q.weight": "q",
+    "attn_k.weight": "k",
+    "attn_v.weight": "v",
+    "attn_output.weight": "o",
+    "attn_q.bias": "q_bias",
+    "attn_k.bias": "k_bias",
+    "attn_v.bias": "v_bias",
+    "ffn_norm.weight": "ffn_norm",
+    "ffn_gate.weight": "gate",
+    "ffn_up.weight": "up",
+    "ffn_down.weight": "down",
+}
 _HF_GLOBAL = {"model.embed_tokens.weight": "embed", "model.norm.weight": "norm", "lm_head.weight": "lm_head"}
-_HF_LAYER = {"input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "q", "self_attn.k_proj.weight": "k",
-             "self_attn.v_proj.weight": "v", "self_attn.o_proj.weight": "o", "self_attn.q_proj.bias": "q_bias",
-             "self_attn.k_proj.bias": "k_bias", "self_attn.v_proj.bias": "v_bias",
-             "post_attention_layernorm.weight": "ffn_norm", "mlp.gate_proj.weight": "gate",
-             "mlp.up_proj.weight": "up", "mlp.down_proj.weight": "down"}
+_HF_LAYER = {
+    "input_layernorm.weight": "attn_norm",
+    "self_attn.q_proj.weight": "q",
+    "self_attn.k_proj.weight": "k",
+    "self_attn.v_proj.weight": "v",
+    "self_attn.o_proj.weight": "o",
+    "self_attn.q_proj.bias": "q_bias",
+    "self_attn.k_proj.bias": "k_bias",
+    "self_attn.v_proj.bias": "v_bias",
+    "post_attention_layernorm.weight": "ffn_norm",
+    "mlp.gate_proj.weight": "gate",
+    "mlp.up_proj.weight": "up",
+    "mlp.down_proj.weight": "down",
+}
 _GGUF_RE = re.compile(r"blk\.(\d+)\.(.+)")
 _HF_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 #: GGUF architectures whose converter permuted q/k rows (llama.cpp rope type NORM).
@@ -80,6 +116,31 @@ class WeightReader(Protocol):
     def nbytes_float32(self, name: str) -> int:
         """Bytes the tensor occupies once dequantized to float32."""
 
+    def rows(self, name: str) -> RowLookup:
+        """A lookup of single rows of a 2-D tensor, reading the stored (possibly quantized) data."""
+
+
+class RowLookup:
+    """Rows of a 2-D tensor on demand (``lookup(ids) -> float32 (len(ids), cols)``), without dequantizing the
+    whole tensor: an embedding table costs its stored size (memory-mapped), not its float32 size.
+
+    Attributes:
+        nbytes: bytes of the stored data backing the lookup.
+        shape: the full tensor's shape.
+    """
+
+    def __init__(
+        self, raw: np.ndarray, convert: Callable[[np.ndarray], np.ndarray], shape: tuple[int, int]
+    ) -> None:
+        self._raw = raw
+        self._convert = convert
+        self.shape = shape
+        self.nbytes = int(raw.nbytes)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        out = self._convert(np.asarray(self._raw[ids]))
+        return np.ascontiguousarray(out, dtype=np.float32).reshape(len(ids), self.shape[1])
+
 
 class GGUFWeights:
     """:class:`WeightReader` over a :class:`GGUFFile` (dequantizes one tensor at a time)."""
@@ -99,6 +160,16 @@ class GGUFWeights:
     def nbytes_float32(self, name: str) -> int:
         return int(np.prod(self._file.tensors[self._map[name]].shape)) * 4
 
+    def rows(self, name: str) -> RowLookup:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        info = self._file.tensors[self._map[name]]
+        qtype = GGMLQuantizationType(info.qtype)
+        return RowLookup(
+            self._file.raw(info.name), lambda raw: dequantize(raw, qtype), (info.shape[0], info.shape[1])
+        )
+
     def get(self, name: str) -> np.ndarray:
         arr = self._file.tensor(self._map[name])
         part = name.rsplit(".", 1)[-1]
@@ -116,7 +187,12 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n_heads, hd // 2, 2, *tail).swapaxes(1, 2).reshape(rows, *tail))
 
 
-_ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
+_ST_DTYPES: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "F64": np.dtype("<f8"),
+}
 
 
 @dataclass(frozen=True)
@@ -160,26 +236,42 @@ class SafetensorsWeights:
         header, offset = _read_st_header(entry.file)
         meta = header.get(self._hf_names[name])
         if meta is None:
-            raise ModelFormatError(f"{entry.file} lacks tensor {self._hf_names[name]} (the index says it holds it)")
-        start, end = (int(x) for x in meta["data_offsets"])
-        entry = _STEntry(entry.file, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), offset + start,
-                         offset + end)
+            raise ModelFormatError(
+                f"{entry.file} lacks tensor {self._hf_names[name]} (the index says it holds it)"
+            )
+        offsets: Any = meta["data_offsets"]
+        dims: Any = meta["shape"]
+        start, end = (int(x) for x in offsets)
+        entry = _STEntry(
+            entry.file, str(meta["dtype"]), tuple(int(d) for d in dims), offset + start, offset + end
+        )
         self._entries[name] = entry
         return entry
 
     def nbytes_float32(self, name: str) -> int:
         return int(np.prod(self._entry(name).shape)) * 4
 
-    def get(self, name: str) -> np.ndarray:
+    def _mapped(self, name: str) -> tuple[np.ndarray, str]:
         e = self._entry(name)
         dtype = _ST_DTYPES.get(e.dtype)
         if dtype is None:
             raise ModelFormatError(f"{e.file}: tensor {self._hf_names[name]} has unsupported dtype {e.dtype}")
         raw = np.memmap(e.file, dtype=np.uint8, mode="r", offset=e.start, shape=(e.end - e.start,))
-        data = np.frombuffer(raw, dtype=dtype).reshape(e.shape)
-        if e.dtype == "BF16":
-            return (data.astype(np.uint32) << 16).view(np.float32)
-        return np.array(data, dtype=np.float32, order="C")
+        return np.asarray(raw).view(dtype).reshape(e.shape), e.dtype
+
+    def get(self, name: str) -> np.ndarray:
+        data, dtype = self._mapped(name)
+        return _to_f32(data, dtype)
+
+    def rows(self, name: str) -> RowLookup:
+        data, dtype = self._mapped(name)
+        return RowLookup(data, lambda raw: _to_f32(raw, dtype), (data.shape[0], data.shape[1]))
+
+
+def _to_f32(data: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "BF16":
+        return (data.astype(np.uint32) << 16).view(np.float32)
+    return np.array(data, dtype=np.float32, order="C")
 
 
 def _read_st_header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
@@ -198,7 +290,7 @@ def _read_st_header(path: Path) -> tuple[dict[str, dict[str, object]], int]:
 
 
 def hf_weight_map(folder: Path) -> dict[str, str]:
-    """HF tensor name -> file name, from ``model.safetensors.index.json`` or the single ``*.safetensors`` files."""
+    """HF tensor name -> file name, from ``model.safetensors.index.json`` or the ``*.safetensors`` files."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -207,7 +299,9 @@ def hf_weight_map(folder: Path) -> dict[str, str]:
             raise ModelFormatError(f"{index} is not a valid safetensors index: {exc}") from exc
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise ModelFormatError(f"{folder} holds no *.safetensors weights (and no model.safetensors.index.json)")
+        raise ModelFormatError(
+            f"{folder} holds no *.safetensors weights (and no model.safetensors.index.json)"
+        )
     out: dict[str, str] = {}
     for f in files:
         header, _ = _read_st_header(f)

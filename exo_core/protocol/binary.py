@@ -7,7 +7,6 @@ bytes, list, map) used for capabilities and topology, bounded in depth and never
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -67,11 +66,17 @@ class Writer:
     def raw(self, b: bytes | bytearray | memoryview) -> None:
         self._buf += b
 
+    def pack(self, st: struct.Struct, *values: Any) -> None:
+        """Append several fixed-size fields at once (one ``struct`` call: the hot messages use this)."""
+        self._buf += st.pack(*values)
+
     def str8(self, s: str) -> None:
         data = s.encode("utf-8")
         if len(data) > 0xFF:
             raise ValueError(f"string too long for str8 ({len(data)} bytes > 255): {s[:40]!r}...")
-        self._buf += U8.pack(len(data)) + data
+        buf = self._buf
+        buf.append(len(data))
+        buf += data
 
     def str16(self, s: str) -> None:
         data = s.encode("utf-8")
@@ -126,6 +131,10 @@ class Writer:
     def getvalue(self) -> bytes:
         return bytes(self._buf)
 
+    def buffer(self) -> bytearray:
+        """The bytes written so far, not copied (the writer must not be used afterwards)."""
+        return self._buf
+
     def __len__(self) -> int:
         return len(self._buf)
 
@@ -133,12 +142,18 @@ class Writer:
 class Reader:
     """Reads primitives from a payload; every read past the end raises :class:`ProtocolError`."""
 
-    __slots__ = ("_mv", "_end", "pos")
+    __slots__ = ("_end", "_mv", "pos")
 
     def __init__(self, data: bytes | bytearray | memoryview, pos: int = 0) -> None:
-        self._mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        mv = memoryview(data)
+        self._mv = mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
         self._end = len(self._mv)
         self.pos = pos
+
+    @property
+    def view(self) -> memoryview:
+        """The whole payload (bytes, read-only use), for look-ahead without moving :attr:`pos`."""
+        return self._mv
 
     @property
     def remaining(self) -> int:
@@ -156,11 +171,23 @@ class Reader:
     def _unpack(self, st: struct.Struct, what: str) -> Any:
         if self.pos + st.size > self._end:
             raise ProtocolError(
-                ErrorCode.MALFORMED, f"{what}: needs {st.size} bytes at offset {self.pos}, payload has {self._end}"
+                ErrorCode.MALFORMED,
+                f"{what}: needs {st.size} bytes at offset {self.pos}, payload has {self._end}",
             )
         (v,) = st.unpack_from(self._mv, self.pos)
         self.pos += st.size
         return v
+
+    def unpack(self, st: struct.Struct, what: str) -> tuple[Any, ...]:
+        """Read several fixed-size fields at once (one bounds check, one ``struct`` call)."""
+        pos = self.pos
+        if pos + st.size > self._end:
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                f"{what}: needs {st.size} bytes at offset {pos}, payload has {self._end}",
+            )
+        self.pos = pos + st.size
+        return st.unpack_from(self._mv, pos)
 
     def u8(self, what: str = "u8") -> int:
         return int(self._unpack(U8, what))
@@ -199,7 +226,19 @@ class Reader:
             raise ProtocolError(ErrorCode.MALFORMED, f"{what}: invalid UTF-8 ({exc.reason})") from None
 
     def str8(self, what: str = "str8") -> str:
-        return self._utf8(self._take(self.u8(what), what), what)
+        pos, mv = self.pos, self._mv
+        if pos >= self._end:
+            raise ProtocolError(ErrorCode.MALFORMED, f"{what}: needs 1 bytes at offset {pos}, payload has {self._end}")
+        end = pos + 1 + mv[pos]
+        if end > self._end:
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"{what}: needs {mv[pos]} bytes at offset {pos + 1}, payload has {self._end}"
+            )
+        self.pos = end
+        try:
+            return str(mv[pos + 1 : end], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(ErrorCode.MALFORMED, f"{what}: invalid UTF-8 ({exc.reason})") from None
 
     def str16(self, what: str = "str16") -> str:
         return self._utf8(self._take(self.u16(what), what), what)
@@ -246,9 +285,6 @@ class Reader:
     def end(self, what: str) -> None:
         """Assert the payload is fully consumed (trailing bytes are malformed)."""
         if self.pos != self._end:
-            raise ProtocolError(ErrorCode.MALFORMED, f"{what}: {self._end - self.pos} unexpected trailing bytes")
-
-
-def finite(v: float) -> bool:
-    """True for floats that are neither NaN nor infinite."""
-    return math.isfinite(v)
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"{what}: {self._end - self.pos} unexpected trailing bytes"
+            )

@@ -24,6 +24,7 @@ class ErrorCode(IntEnum):
     INTERNAL = 14
     UNAVAILABLE = 15
     CANCELLED = 16
+    SELF_CONNECTION = 17
 
 
 class ProtocolError(Exception):

@@ -49,7 +49,9 @@ class NodeRecord:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed node record: {exc!r}") from None
         if not isinstance(node_id, str) or not node_id or not isinstance(seq, int) or seq < 0:
-            raise ValueError("malformed node record: node_id must be a non-empty string and seq an integer >= 0")
+            raise ValueError(
+                "malformed node record: node_id must be a non-empty string and seq an integer >= 0"
+            )
         if not isinstance(caps, dict) or not isinstance(neighbors, list) or not isinstance(address, str):
             raise ValueError("malformed node record: capabilities, neighbors or address of the wrong type")
         if not all(isinstance(n, str) for n in neighbors):
@@ -82,6 +84,14 @@ class ClusterView:
     def own(self) -> NodeRecord:
         return self.records[self.self_id]
 
+    def set_address(self, address: str) -> None:
+        """Set the address this node advertises (once its listener is bound)."""
+        self.address = address
+        own = self.own
+        self.records[self.self_id] = NodeRecord(
+            self.self_id, own.seq + 1, self.capabilities, own.neighbors, address
+        )
+
     def set_neighbors(self, neighbors: Iterable[str]) -> bool:
         """Update this node's direct connections; returns whether anything changed."""
         new = frozenset(n for n in neighbors if n != self.self_id)
@@ -107,9 +117,7 @@ class ClusterView:
         """Forget records of nodes that are unreachable from here and have not been refreshed lately."""
         now = time.monotonic() if now is None else now
         reachable = self.reachable()
-        gone = [
-            n for n, t in self.received_at.items() if n not in reachable and now - t > max_age
-        ]
+        gone = [n for n, t in self.received_at.items() if n not in reachable and now - t > max_age]
         for n in gone:
             self.records.pop(n, None)
             self.received_at.pop(n, None)

@@ -90,7 +90,9 @@ def detect() -> dict[str, Any]:
     else:
         chip = _linux_chip()
         memory = _linux_memory_mb()
-        model = _read("/sys/devices/virtual/dmi/id/product_name") or f"{platform.system()} {platform.machine()}"
+        model = (
+            _read("/sys/devices/virtual/dmi/id/product_name") or f"{platform.system()} {platform.machine()}"
+        )
         tflops = _cpu_tflops()
     return {
         "model": model,

@@ -50,9 +50,7 @@ class NodeResources:
 class Partitioner(Protocol):
     """Maps nodes and their connections to a plan for a model of ``n_layers`` layers."""
 
-    def plan(
-        self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int
-    ) -> Plan:
+    def plan(self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int) -> Plan:
         """Return a plan covering layers ``0..n_layers-1`` exactly once, in ring order."""
         ...
 
@@ -126,9 +124,7 @@ def allocate_layers(weights: Sequence[float], n_layers: int) -> list[int]:
 class RingMemoryWeighted:
     """The built-in partitioner (``--partitioner ring-memory-weighted``)."""
 
-    def plan(
-        self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int
-    ) -> Plan:
+    def plan(self, nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]], n_layers: int) -> Plan:
         if n_layers < 1:
             raise ValueError("a model has at least one layer")
         if not nodes:

@@ -21,7 +21,9 @@ FIXTURE = Path(__file__).parent.parent / "fixtures" / "exo-discovery-hello"
 def _uv() -> str:
     uv = os.environ.get("UV") or shutil.which("uv")
     if not uv:
-        pytest.fail("uv is needed to build the fixture plugin: run the tests with `make test` (uv run pytest)")
+        pytest.fail(
+            "uv is needed to build the fixture plugin: run the tests with `make test` (uv run pytest)"
+        )
     return uv
 
 
@@ -32,11 +34,19 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # build a real wheel from a copy, so the source tree stays clean
     src = work / "src"
     shutil.copytree(FIXTURE, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
-    subprocess.run([_uv(), "build", "--wheel", "--out-dir", str(dist), str(src)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [_uv(), "build", "--wheel", "--out-dir", str(dist), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = dist.glob("exo_discovery_hello-0.3.0-*.whl")
-    subprocess.run([_uv(), "pip", "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [_uv(), "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert (target / "exo_discovery_hello-0.3.0.dist-info" / "entry_points.txt").exists()
     return target
 
@@ -50,8 +60,14 @@ def _env(plugin_dir: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _exo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exo_core.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "exo_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_listed_by_exo_plugins(plugin_dir: Path, tmp_path: Path) -> None:
@@ -79,13 +95,36 @@ def test_blocked_by_name(plugin_dir: Path, tmp_path: Path) -> None:
 def test_selected_with_settings_from_its_env_var(plugin_dir: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     node_port, api_port = find_free_ports(2)
-    env = _env(plugin_dir, tmp_path, EXO_DISCOVERY_HELLO_GREETING="bonjour",
-               EXO_DISCOVERY_HELLO_REPORT_FILE=str(report))
+    env = _env(
+        plugin_dir,
+        tmp_path,
+        EXO_DISCOVERY_HELLO_GREETING="bonjour",
+        EXO_DISCOVERY_HELLO_REPORT_FILE=str(report),
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exo_core.cli", "--discovery-module", "hello", "--node-host", "127.0.0.1",
-         "--node-port", str(node_port), "--chatgpt-api-host", "127.0.0.1", "--chatgpt-api-port", str(api_port),
-         "--hello-peers", f"127.0.0.1:{find_free_ports(1)[0]}", "--node-id", "hello-node"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "exo_core.cli",
+            "--discovery-module",
+            "hello",
+            "--node-host",
+            "127.0.0.1",
+            "--node-port",
+            str(node_port),
+            "--chatgpt-api-host",
+            "127.0.0.1",
+            "--chatgpt-api-port",
+            str(api_port),
+            "--hello-peers",
+            f"127.0.0.1:{find_free_ports(1)[0]}",
+            "--node-id",
+            "hello-node",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

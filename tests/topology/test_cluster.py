@@ -62,7 +62,12 @@ def test_departure_makes_node_unreachable_then_pruned() -> None:
 def test_record_round_trip_and_validation() -> None:
     rec = NodeRecord("x", 3, caps(5), frozenset({"y"}), "127.0.0.1:1")
     assert NodeRecord.from_dict(rec.to_dict()) == rec
-    for bad in ({}, {"node_id": "", "seq": 1}, {"node_id": "x", "seq": -1}, {"node_id": "x", "seq": 1, "neighbors": [1]}):
+    for bad in (
+        {},
+        {"node_id": "", "seq": 1},
+        {"node_id": "x", "seq": -1},
+        {"node_id": "x", "seq": 1, "neighbors": [1]},
+    ):
         with pytest.raises(ValueError, match="malformed"):
             NodeRecord.from_dict(bad)
 

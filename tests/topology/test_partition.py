@@ -32,7 +32,9 @@ def test_single_node_gets_everything() -> None:
 
 
 def test_proportional_to_memory_largest_first() -> None:
-    plan = ring.plan([NodeResources("small", 8000), NodeResources("big", 16000)], edges("small,big".split(",")), 30)
+    plan = ring.plan(
+        [NodeResources("small", 8000), NodeResources("big", 16000)], edges("small,big".split(",")), 30
+    )
     assert plan == (PlanEntry("big", 0, 19), PlanEntry("small", 20, 29))
 
 
@@ -80,7 +82,9 @@ def test_random_topologies_always_cover_every_layer() -> None:
     rng = random.Random(1234)
     for _ in range(300):
         n = rng.randint(1, 9)
-        nodes = [NodeResources(f"n{i}", rng.choice([0, 1, 8000, 16000, rng.randint(0, 10**6)])) for i in range(n)]
+        nodes = [
+            NodeResources(f"n{i}", rng.choice([0, 1, 8000, 16000, rng.randint(0, 10**6)])) for i in range(n)
+        ]
         ids = [x.node_id for x in nodes]
         e = frozenset(frozenset(p) for p in itertools.combinations(ids, 2) if rng.random() < 0.5)
         layers = rng.randint(1, 40)

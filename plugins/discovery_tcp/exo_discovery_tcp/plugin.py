@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from exo_core.components import ComponentContext, RegisterComponent
-from exo_core.errors import NotImplementedYetError
 from exo_core.hookspecs import hookimpl
+from exo_discovery_tcp.settings import TcpDiscoverySettings
+
+if TYPE_CHECKING:
+    from exo_discovery_tcp.discovery import TcpDiscovery
 
 
-def _build(ctx: ComponentContext) -> Any:
-    raise NotImplementedYetError("discovery 'tcp' is not implemented yet")
+def build(ctx: ComponentContext) -> TcpDiscovery:
+    """Factory of the ``tcp`` discovery module."""
+    from exo_discovery_udp.netif import parse_names
+
+    from exo_core.topology.device import device_capabilities
+    from exo_discovery_tcp.discovery import TcpDiscovery
+
+    settings = ctx.settings if isinstance(ctx.settings, TcpDiscoverySettings) else TcpDiscoverySettings()
+    key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key is not None else None
+    return TcpDiscovery(
+        node_id=ctx.node_id,
+        node_port=ctx.core.node_port,
+        capabilities=device_capabilities(),
+        cluster_key=key,
+        port=settings.tcp_discovery_port,
+        bind_host=settings.tcp_discovery_bind_host,
+        targets=parse_names(settings.discovery_targets),
+        scan_local_subnets=settings.tcp_scan_local_subnets,
+        interfaces=parse_names(settings.tcp_discovery_interfaces),
+        max_scan_hosts=settings.tcp_max_scan_hosts,
+        hello_interval=settings.tcp_hello_interval,
+        scan_interval=settings.tcp_scan_interval,
+        peer_timeout=settings.tcp_peer_timeout,
+        concurrency=settings.tcp_concurrency,
+        connect_timeout=settings.tcp_connect_timeout,
+    )
 
 
 @hookimpl
 def exo_register_discovery(register: RegisterComponent) -> None:
-    register("tcp", _build, description="LAN discovery by TCP hellos with gossip")
+    register(
+        "tcp",
+        build,
+        settings=TcpDiscoverySettings,
+        description="LAN discovery by TCP hellos with gossip (port 5678)",
+    )

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from exo_core.components import ComponentContext, RegisterComponent
-from exo_core.errors import NotImplementedYetError
 from exo_core.hookspecs import hookimpl
+from exo_discovery_udp.settings import UdpDiscoverySettings
+
+if TYPE_CHECKING:
+    from exo_discovery_udp.discovery import UdpDiscovery
 
 
-def _build(ctx: ComponentContext) -> Any:
-    raise NotImplementedYetError("discovery 'udp' is not implemented yet")
+def build(ctx: ComponentContext) -> UdpDiscovery:
+    """Factory of the ``udp`` discovery module."""
+    from exo_core.topology.device import device_capabilities
+    from exo_discovery_udp.discovery import UdpDiscovery
+    from exo_discovery_udp.netif import parse_names
+
+    settings = ctx.settings if isinstance(ctx.settings, UdpDiscoverySettings) else UdpDiscoverySettings()
+    key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key is not None else None
+    return UdpDiscovery(
+        node_id=ctx.node_id,
+        node_port=ctx.core.node_port,
+        capabilities=device_capabilities(),
+        cluster_key=key,
+        port=settings.udp_discovery_port,
+        bind_host=settings.udp_discovery_bind_host,
+        interfaces=parse_names(settings.discovery_interfaces),
+        broadcast_addresses=parse_names(settings.broadcast_address),
+        interval=settings.udp_broadcast_interval,
+        peer_timeout=settings.udp_peer_timeout,
+    )
 
 
 @hookimpl
 def exo_register_discovery(register: RegisterComponent) -> None:
-    register("udp", _build, description="LAN discovery by UDP broadcast")
+    register(
+        "udp",
+        build,
+        settings=UdpDiscoverySettings,
+        description="LAN discovery by UDP broadcast (port 5678)",
+    )

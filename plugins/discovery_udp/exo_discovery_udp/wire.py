@@ -25,12 +25,15 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exo_core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -175,16 +178,14 @@ def validate(model: type[M], frame: Frame) -> M:
         raise WireError(f"{frame.type.name}: {where}: {first['msg']}") from None
 
 
-_STRICT = ConfigDict(extra="ignore", frozen=True, strict=True)
-
-NodeId = Field(min_length=1, max_length=128)
-Port = Field(ge=1, le=65535)
+#: Message models: unknown fields are ignored (forward compatible), types are never coerced.
+STRICT = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class Flops(BaseModel):
     """Peak TFLOPS of a device."""
 
-    model_config = _STRICT
+    model_config = STRICT
     fp32: float = Field(ge=0, allow_inf_nan=False)
     fp16: float = Field(ge=0, allow_inf_nan=False)
     int8: float = Field(ge=0, allow_inf_nan=False)
@@ -193,20 +194,28 @@ class Flops(BaseModel):
 class Capabilities(BaseModel):
     """A device's capabilities, as the peers.json ``device_capabilities`` mapping."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
     model: str = Field(max_length=128)
     chip: str = Field(max_length=128)
-    memory: int = Field(ge=0, strict=True)
+    memory: int | float = Field(ge=0, allow_inf_nan=False)  # MB
     flops: Flops
 
     @classmethod
     def from_dict(cls, value: dict[str, Any] | None) -> Capabilities | None:
-        """Validate a capabilities dict from this node (a bad one is a programming error: raises)."""
-        return None if value is None else cls.model_validate(value)
+        """Validate this node's own capabilities; raises :class:`ConfigError` (e.g. a bad
+        ``EXO_DEVICE_*`` override) naming the field."""
+        if value is None:
+            return None
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"this device's capabilities are invalid: {where}: {first['msg']}") from None
 
 
 class RateLimitedLog:
-    """Logs bad input at WARNING, at most once per ``(source, reason)`` per ``interval`` seconds.
+    """Logs bad input at WARNING, at most once per source and kind of problem per ``interval`` seconds.
 
     A flood of bad datagrams (a misconfigured node, another program on the port) must not flood the log;
     the first occurrence is always logged and repeats are counted in the next line.
@@ -220,7 +229,7 @@ class RateLimitedLog:
 
     def __call__(self, source: str, reason: str, detail: str, *, level: int = logging.WARNING) -> None:
         now = time.monotonic()
-        key = (source, reason)
+        key = (source, reason + ":" + re.sub(r"\d+", "N", detail)[:80])
         last = self._seen.get(key)
         if last is not None and now - last[0] < self._interval:
             self._seen[key] = (last[0], last[1] + 1)

@@ -1,0 +1,42 @@
+"""The OpenAI-compatible HTTP API and the web chat page.
+
+Public API::
+
+    from exo_core.api import create_app, serve_api, ChatBackend
+    app = create_app(backend, api_key=None)
+    port = await task_group.start(serve_api, app, "0.0.0.0", 52415)
+
+The backend protocol (:class:`ChatBackend` and its events) lives in :mod:`exo_core.api.backend`.
+"""
+
+from __future__ import annotations
+
+from exo_core.api.app import create_app
+from exo_core.api.backend import (
+    BackendError,
+    BackendEvent,
+    ChatBackend,
+    Finished,
+    FinishReason,
+    ModelInfo,
+    SamplingParams,
+    Started,
+    TokenEvent,
+    Topology,
+)
+from exo_core.api.server import serve_api
+
+__all__ = [
+    "BackendError",
+    "BackendEvent",
+    "ChatBackend",
+    "FinishReason",
+    "Finished",
+    "ModelInfo",
+    "SamplingParams",
+    "Started",
+    "TokenEvent",
+    "Topology",
+    "create_app",
+    "serve_api",
+]

@@ -1,0 +1,191 @@
+"""The starlette application: OpenAI routes, cluster info routes, API key check, the web chat page."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from exo_core.api import formats
+from exo_core.api.backend import BackendError, ChatBackend
+from exo_core.api.errors import APIError, api_error_handler, http_exception_handler, internal_error_handler
+from exo_core.api.routes import Limits, OpenAIRoutes
+
+log = logging.getLogger("exo_core.api")
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+#: The page loads nothing from elsewhere and runs no inline script: rendered model output cannot run code.
+_PAGE_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        b"object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+def create_app(
+    backend: ChatBackend,
+    *,
+    api_key: str | None = None,
+    idle_timeout: float | None = 300.0,
+    max_body_bytes: int = 8 * 1024 * 1024,
+) -> Starlette:
+    """Build the HTTP app: the OpenAI-compatible API over ``backend`` and the web chat page at ``/``.
+
+    Args:
+        backend: what generates tokens and knows the cluster.
+        api_key: when set, every ``/v1/`` route requires ``Authorization: Bearer <api_key>`` (401 otherwise);
+            ``/healthcheck`` and the page itself stay open (the page asks the user for the key).
+        idle_timeout: longest wait in seconds for the backend's next event (``None``: unbounded); past
+            it the request is cancelled and fails with 504.
+        max_body_bytes: largest accepted request body (413 beyond).
+
+    Returns:
+        A starlette app; serve it with :func:`exo_core.api.serve_api`.
+    """
+    openai = OpenAIRoutes(backend, Limits(idle_timeout=idle_timeout, max_body_bytes=max_body_bytes))
+    info = _InfoRoutes(backend)
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai.completions, methods=["POST"]),
+        Route("/v1/models", info.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", info.get_model, methods=["GET"]),
+        Route("/v1/topology", info.topology, methods=["GET"]),
+        Route("/healthcheck", info.health, methods=["GET"]),
+        Route("/", _PageHeaders(_index_page), methods=["GET", "HEAD"]),
+        Mount("/static", app=_PageHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),
+    ]
+    middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            APIError: api_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
+    )
+
+
+class _InfoRoutes:
+    """Routes that describe the cluster (no generation)."""
+
+    def __init__(self, backend: ChatBackend) -> None:
+        self._backend = backend
+
+    async def _call(self, what: str, fn: Any) -> Any:
+        # Called on the event loop: these read the node's in-memory state, which the loop owns.
+        try:
+            return fn()
+        except BackendError as exc:
+            raise APIError.from_backend(exc) from exc
+        except Exception as exc:
+            log.exception("backend %s failed", what)
+            raise APIError(
+                500, f"backend {what} failed: {type(exc).__name__}: {exc}", code="internal_error"
+            ) from exc
+
+    async def _model_entries(self) -> list[dict[str, Any]]:
+        models = await self._call("models()", self._backend.models)
+        default = await self._call("default_model()", self._backend.default_model)
+        entries = [formats.model_entry(m) for m in models]
+        entries.sort(key=lambda e: e["id"] != default)  # stable: the default first, then backend order
+        return entries
+
+    async def list_models(self, request: Request) -> Response:
+        """``GET /v1/models``: the default model first."""
+        return JSONResponse({"object": "list", "data": await self._model_entries()})
+
+    async def get_model(self, request: Request) -> Response:
+        """``GET /v1/models/{id}``."""
+        model_id = request.path_params["model_id"]
+        for entry in await self._model_entries():
+            if entry["id"] == model_id:
+                return JSONResponse(entry)
+        raise APIError(404, f"model '{model_id}' not found", code="model_not_found", param="model")
+
+    async def topology(self, request: Request) -> Response:
+        """``GET /v1/topology``: nodes, capabilities, connections, current layer plan."""
+        return JSONResponse(await self._call("topology()", self._backend.topology))
+
+    async def health(self, request: Request) -> Response:
+        """``GET /healthcheck``: 200 when the backend's ``status`` is ``"ok"``, else 503."""
+        try:
+            body = dict(await self._call("health()", self._backend.health))
+        except APIError as exc:
+            body = {"status": "error", "error": exc.message}
+        body.setdefault("status", "ok")
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
+class APIKeyMiddleware:
+    """Requires ``Authorization: Bearer <api_key>`` on ``/v1/`` routes; answers 401 in OpenAI format.
+
+    Args:
+        app: the wrapped app.
+        api_key: the expected key (compared in constant time).
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self._app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
+            await self._app(scope, receive, send)
+            return
+        auth = ""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                auth = value.decode("latin-1")
+                break
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key):
+            await self._app(scope, receive, send)
+            return
+        reason = "no API key given" if not auth else "incorrect API key"
+        client = scope.get("client") or ("?", 0)
+        log.warning("%s %s from %s -> 401 (%s)", scope.get("method"), path, client[0], reason)
+        error = APIError(
+            401,
+            f"{reason}: send the node's --api-key as 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+        )
+        response = error.response(headers={"www-authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+async def _index_page(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET /``: the chat page."""
+    await FileResponse(STATIC_DIR / "index.html", media_type="text/html")(scope, receive, send)
+
+
+class _PageHeaders:
+    """Adds the page's security headers to every static file response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_PAGE_HEADERS]}
+            await send(message)
+
+        await self._app(scope, receive, send_with_headers)

@@ -1,0 +1,69 @@
+"""Reading and checking request bodies: size limit, JSON, schema, model name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from exo_core.api.backend import BackendError, ChatBackend
+from exo_core.api.errors import APIError, validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object (any content type: ``curl -d`` sends form encoding).
+
+    Raises:
+        APIError: 413 when the body exceeds ``max_bytes``; 400 when it is not a JSON object.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise APIError(413, f"request body larger than {max_bytes} bytes", code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise APIError(400, "empty request body: send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    return body
+
+
+def validate(model: type[M], body: dict[str, Any]) -> M:
+    """``body`` validated against ``model``; a 400 naming the bad field otherwise."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def resolve_model(backend: ChatBackend, requested: str | None) -> str:
+    """The model to use: the requested one if the backend knows it, the default when none was named.
+
+    Raises:
+        APIError: 404 ``model_not_found`` listing the known models.
+    """
+    try:
+        known = [m.id for m in backend.models()]
+        name = requested or backend.default_model()
+    except BackendError as exc:
+        raise APIError.from_backend(exc) from exc
+    if name not in known:
+        listing = ", ".join(known) or "none"
+        raise APIError(
+            404,
+            f"model '{name}' not found; available: {listing} (GET /v1/models lists them)",
+            code="model_not_found",
+            param="model",
+        )
+    return name

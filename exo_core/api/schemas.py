@@ -1,0 +1,183 @@
+"""Request bodies of the OpenAI routes, validated strictly (wrong types are errors, not coerced).
+
+Unknown fields are ignored, as OpenAI-compatible servers do; known fields that would change the meaning of
+a request but are not supported here (``n`` > 1, tools, ``echo``, ...) are rejected with a 400 saying so.
+``null`` means "the default" for every optional field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from exo_core.api.backend import SamplingParams
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class TextPart(_Strict):
+    """A text part of a message's content (``{"type": "text", "text": "..."}``)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    """One chat message. ``developer`` is OpenAI's newer name for ``system`` and is passed on as such."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def to_backend(self) -> dict[str, Any]:
+        """The message as :meth:`ChatBackend.generate` receives it: ``role`` and plain-text ``content``."""
+        if isinstance(self.content, str):
+            text = self.content
+        else:
+            text = "\n".join(part.text for part in self.content)
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+class StreamOptions(_Strict):
+    """``stream_options``: ``include_usage`` adds a final chunk with ``usage`` and empty ``choices``."""
+
+    include_usage: bool | None = None
+
+
+class _Common(_Strict):
+    model: str | None = Field(None, description="model id; default: the node's default model")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}")
+        for stop in stops:
+            if not stop:
+                raise ValueError("stop strings must not be empty")
+            if len(stop) > MAX_STOP_LENGTH:
+                raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _check_n(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("only n=1 is supported (one choice per request)")
+        return value
+
+    def stop_strings(self) -> list[str]:
+        """``stop`` as a list."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether to answer with server-sent events."""
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a ``usage`` chunk."""
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Common):
+    """Body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_unsupported(self) -> ChatCompletionRequest:
+        if self.tools or self.functions:
+            raise ValueError("tools and functions are not supported by this server")
+        if self.response_format and self.response_format.get("type") not in (None, "text"):
+            raise ValueError("response_format: only {'type': 'text'} is supported")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs=true")
+        return self
+
+    def sampling(self) -> SamplingParams:
+        """The backend's sampling parameters (``max_completion_tokens`` wins over ``max_tokens``)."""
+        return SamplingParams(
+            max_tokens=self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            logprobs=bool(self.logprobs),
+            top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
+        )
+
+
+#: OpenAI's default ``max_tokens`` for legacy completions.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+class CompletionRequest(_Common):
+    """Body of ``POST /v1/completions`` (raw prompt, no chat template)."""
+
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @model_validator(mode="after")
+    def _check_unsupported(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("prompt: give one string (batches of prompts are not supported)")
+        if self.echo:
+            raise ValueError("echo=true is not supported")
+        if self.suffix:
+            raise ValueError("suffix is not supported")
+        if self.best_of is not None and self.best_of != 1:
+            raise ValueError("only best_of=1 is supported")
+        return self
+
+    def prompt_text(self) -> str:
+        """The prompt as one string."""
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def sampling(self) -> SamplingParams:
+        """The backend's sampling parameters (``max_tokens`` defaults to 16, as OpenAI's)."""
+        return SamplingParams(
+            max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            logprobs=self.logprobs is not None,
+            top_logprobs=self.logprobs or 0,
+        )

@@ -1,0 +1,110 @@
+"""The inference-engine protocol every engine plugin implements.
+
+An engine holds one contiguous range of a model's layers (a *shard*) and runs it for many requests, each
+with its own KV cache. Activations between shards are engine-neutral float32 NumPy arrays, so shards of
+different engines chain in one ring. Engines are built by the factory registered through
+``exo_register_engine`` (``factory(ctx: ComponentContext) -> InferenceEngine``); they do heavy work in worker
+threads (``anyio.to_thread.run_sync``) so the event loop keeps serving.
+
+Flow of one request over shards ``A`` (layers 0..k) and ``B`` (k+1..n-1)::
+
+    h = await A.forward(rid, np.array(prompt_ids))          # (T, hidden) float32
+    logits = await B.forward(rid, h)                        # (vocab,) float32, last position
+    ... then one token at a time: A.forward(rid, np.array([tok])) -> B.forward(rid, h) ...
+    await A.free(rid); await B.free(rid)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from exo_core.models.source import ModelSource
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """The layer range an engine holds.
+
+    Attributes:
+        model_id: the model's id (``ModelSource.model_id``).
+        first_layer / last_layer: inclusive range of transformer blocks.
+        n_layers: the model's total block count.
+    """
+
+    model_id: str
+    first_layer: int
+    last_layer: int
+    n_layers: int
+
+    @property
+    def is_first(self) -> bool:
+        """This shard takes token ids (it holds the embedding)."""
+        return self.first_layer == 0
+
+    @property
+    def is_last(self) -> bool:
+        """This shard returns logits (it holds the final norm and output head)."""
+        return self.last_layer == self.n_layers - 1
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """Bytes an engine holds: ``weights`` for the loaded shard, ``kv_cache`` over every live request."""
+
+    weights: int
+    kv_cache: int
+
+    @property
+    def total(self) -> int:
+        """``weights + kv_cache``."""
+        return self.weights + self.kv_cache
+
+
+@runtime_checkable
+class InferenceEngine(Protocol):
+    """A shard runner. All methods are safe to call from the event loop; heavy work runs in threads.
+
+    Calls for one request id are sequential (the orchestration awaits each forward before the next);
+    calls for different requests may overlap.
+    """
+
+    async def load(self, source: ModelSource, first_layer: int, last_layer: int, n_layers_total: int) -> None:
+        """Load layers ``first_layer..last_layer`` (inclusive) of ``source``, plus the embedding if
+        ``first_layer == 0`` and the final norm and output head if ``last_layer == n_layers_total - 1``.
+
+        Loading the shard already loaded is a no-op; loading another shard replaces it and drops every KV
+        cache. Raises ``ValueError`` for a bad range and ``exo_core.models.errors.ModelError`` for bad files.
+        """
+
+    async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+        """Run the loaded layers over the next positions of ``request_id``.
+
+        Args:
+            request_id: key of the KV cache; a new id starts at position 0.
+            x: on the first shard, int token ids of shape ``(T,)``; otherwise float32 hidden states
+                ``(T, hidden_size)`` from the previous shard.
+            all_logits: on the last shard, return logits for every position instead of the last only.
+
+        Returns:
+            float32 hidden states ``(T, hidden_size)``, or on the last shard logits ``(vocab,)``
+            (``(T, vocab)`` with ``all_logits``).
+
+        Raises:
+            RuntimeError: nothing is loaded; ValueError: bad input shape/dtype or context overflow.
+        """
+
+    async def free(self, request_id: str) -> None:
+        """Drop the KV cache of ``request_id`` (unknown ids are ignored)."""
+
+    def position(self, request_id: str) -> int:
+        """How many positions ``request_id`` has cached (0 if unknown)."""
+
+    def shard(self) -> ShardInfo | None:
+        """The loaded layer range, or ``None`` before :meth:`load`."""
+
+    def memory(self) -> MemoryUsage:
+        """Bytes held by weights and by KV caches right now."""

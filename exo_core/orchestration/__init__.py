@@ -1,0 +1,1 @@
+"""The node: request lifecycle, plans, streaming, cancellation (DESIGN.md §3)."""

@@ -1,0 +1,191 @@
+"""A node: transport, gossip, discovery, this node's stages, and the API, in one task group.
+
+Start-up order (each component is started with ``await tg.start(...)`` so the next one can rely on it):
+transport (bound, so discovery announces a live port) -> gossip and the stage sweeper -> discovery ->
+API (so the first request already sees the cluster discovery found so far).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from exo_core.discovery import DiscoveredPeer, Discovery
+from exo_core.engine import InferenceEngine
+from exo_core.orchestration.backend import NodeBackend
+from exo_core.orchestration.catalog import Catalog
+from exo_core.orchestration.gossip import Gossip
+from exo_core.orchestration.requests import RequestTracker
+from exo_core.orchestration.router import Router
+from exo_core.orchestration.shards import ShardHost
+from exo_core.orchestration.stages import StageRunner
+from exo_core.protocol.codec import RoutedMessage
+from exo_core.protocol.control import Error
+from exo_core.protocol.frame import FrameType
+from exo_core.protocol.inference import Finish, Prompt, TensorMessage, Token, Topology
+from exo_core.settings import CoreSettings
+from exo_core.topology.cluster import ClusterView
+from exo_core.topology.partition import Partitioner
+from exo_core.transport.tcp import TcpTransport
+from exo_core.transport.types import Incoming, PeerEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Sink:
+    """Turns what discovery reports into addresses the transport keeps connected."""
+
+    transport: TcpTransport
+    known: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    async def peer_found(self, peer: DiscoveredPeer) -> None:
+        address = (peer.host, peer.port)
+        old = self.known.get(peer.key)
+        if old == address:
+            return
+        if old is not None:
+            self.transport.forget(*old)
+        self.known[peer.key] = address
+        log.info("discovered %s at %s", peer.key, peer.address)
+        self.transport.keep(*address)
+
+    async def peer_lost(self, key: str) -> None:
+        address = self.known.pop(key, None)
+        if address is not None and address not in self.known.values():
+            log.info("discovery lost %s (%s:%d)", key, *address)
+            self.transport.forget(*address)
+
+
+class Node:
+    """Everything one exo node runs (see module docstring)."""
+
+    def __init__(
+        self,
+        core: CoreSettings,
+        *,
+        node_id: str,
+        transport: TcpTransport,
+        discovery: Discovery | None,
+        partitioner: Partitioner,
+        engine_factory: Callable[[], InferenceEngine],
+        engine_name: str,
+        capabilities: dict[str, Any],
+        gossip_interval: float = 1.0,
+    ) -> None:
+        self.core = core
+        self.node_id = node_id
+        self.transport = transport
+        self.discovery = discovery
+        caps = {**capabilities, "engine": engine_name}
+        transport.capabilities = dict(caps)
+        self.cluster = ClusterView(node_id, caps)
+        self.catalog = Catalog(core.default_model, core.model_path)
+        self.shards = ShardHost(engine_factory, self.catalog)
+        self.tracker = RequestTracker()
+        self._cluster_changed = anyio.Event()
+        self.gossip = Gossip(
+            self.cluster, transport, interval=gossip_interval, on_change=self._on_cluster_change
+        )
+        self.stages = StageRunner(node_id, self.shards, self.catalog, self.send)
+        self.backend = NodeBackend(
+            self.cluster,
+            self.catalog,
+            partitioner,
+            self.tracker,
+            self.send,
+            request_timeout=core.request_timeout,
+            token_timeout=core.token_timeout,
+            engine_name=engine_name,
+            shards=self.shards.describe,
+        )
+        self._router: Router | None = None
+        self.api_port: int | None = None
+        self.started = anyio.Event()
+
+    def _on_cluster_change(self) -> None:
+        self._cluster_changed.set()
+        self._cluster_changed = anyio.Event()
+
+    async def wait_for_nodes(self, n: int) -> None:
+        """Wait until ``n`` nodes (this one included) are reachable; bound it with a cancel scope."""
+        while len(self.cluster.reachable()) < n:
+            await self._cluster_changed.wait()
+
+    async def send(self, dst: str, msg: RoutedMessage) -> None:
+        if self._router is None:
+            raise RuntimeError("the node is not running")
+        await self._router.send(dst, msg)
+
+    async def deliver(self, msg: RoutedMessage, sender: str) -> None:
+        """Handle a message for this node (from a peer, or from this node itself)."""
+        if isinstance(msg, Prompt):
+            await self.stages.on_prompt(msg)
+        elif isinstance(msg, TensorMessage):
+            await self.stages.on_tensor(msg)
+        elif isinstance(msg, Token):
+            if msg.ctx.origin == self.node_id:
+                self.tracker.token(msg)
+            await self.stages.on_token(msg)
+        elif isinstance(msg, Finish):
+            await self.stages.on_finish(msg)
+        elif isinstance(msg, Error):
+            log.warning("error from %s for request %s: %s", sender, msg.request_id or "-", msg.message)
+            if msg.request_id:
+                self.tracker.error(msg, sender)
+        elif isinstance(msg, Topology):
+            self.gossip.on_topology(msg, sender)
+
+    async def _incoming(self, incoming: Incoming) -> None:
+        """Transport handler: every inference and gossip message is one-way (no reply)."""
+        await self.deliver(incoming.message, incoming.envelope.src or incoming.peer.node_id)
+
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        self.gossip.on_peer_event(event)
+        if event.kind == "down" and not event.peer.tool:
+            # only fail requests if the node is now unreachable by any path (relays may still reach it)
+            if event.peer.node_id not in self.cluster.reachable():
+                self.tracker.node_lost(event.peer.node_id, event.reason or "connection lost")
+
+    def _wire(self, tg: TaskGroup) -> None:
+        self._router = Router(self.transport, self.cluster, tg, self.deliver)
+        for ftype in (
+            FrameType.PROMPT,
+            FrameType.TENSOR,
+            FrameType.TOKEN,
+            FrameType.FINISH,
+            FrameType.TOPOLOGY,
+            FrameType.ERROR,
+        ):
+            self.transport.on(ftype, self._incoming)
+        self.transport.set_relay(self._router.relay)
+        self.transport.add_peer_listener(self._on_peer_event)
+
+    async def run(
+        self, *, api: bool = True, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._wire(tg)
+            await tg.start(self.transport.run)
+            self.cluster.set_address(self.transport.advertised_address)
+            await tg.start(self.gossip.run)
+            await tg.start(self.stages.sweep)
+            if self.discovery is not None:
+                await tg.start(self.discovery.run, _Sink(self.transport))
+            if api:
+                from exo_core.api import create_app, serve_api
+
+                key = self.core.api_key.get_secret_value() if self.core.api_key else None
+                app = create_app(self.backend, api_key=key)
+                self.api_port = await tg.start(
+                    serve_api, app, self.core.chatgpt_api_host, self.core.chatgpt_api_port
+                )
+            log.info("node %s ready (transport port %d)", self.node_id, self.transport.port)
+            self.started.set()
+            task_status.started()

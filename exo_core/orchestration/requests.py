@@ -1,0 +1,82 @@
+"""The API node's table of requests in flight: where their tokens and errors arrive.
+
+Each request has an unbounded in-memory channel (a request produces at most ``max_tokens`` events). A
+lost peer fails every request whose plan uses it at once, so a client never waits for a token that
+cannot come.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from exo_core.protocol.control import Error
+from exo_core.protocol.inference import Token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    """The request cannot go on (a node failed or went away)."""
+
+    message: str
+    node_id: str = ""
+
+
+Event = Token | RequestFailed
+
+
+@dataclass
+class _Entry:
+    nodes: frozenset[str]
+    send: MemoryObjectSendStream[Event]
+
+
+class RequestTracker:
+    """Routes TOKEN and ERROR messages to the request waiting for them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def open(self, request_id: str, nodes: frozenset[str]) -> MemoryObjectReceiveStream[Event]:
+        if request_id in self._entries:
+            raise ValueError(f"request {request_id} is already in flight")
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        self._entries[request_id] = _Entry(nodes, send)
+        return receive
+
+    def close(self, request_id: str) -> None:
+        entry = self._entries.pop(request_id, None)
+        if entry is not None:
+            entry.send.close()
+
+    def token(self, msg: Token) -> None:
+        self._deliver(msg.ctx.request_id, msg)
+
+    def error(self, msg: Error, sender: str) -> None:
+        self._deliver(msg.request_id, RequestFailed(msg.message or msg.code_name, sender))
+
+    def node_lost(self, node_id: str, reason: str) -> None:
+        for rid, entry in list(self._entries.items()):
+            if node_id in entry.nodes:
+                self._deliver(
+                    rid, RequestFailed(f"node {node_id} of this request's plan went away: {reason}", node_id)
+                )
+
+    def _deliver(self, request_id: str, event: Event) -> None:
+        entry = self._entries.get(request_id)
+        if entry is None:
+            log.debug("dropping %s for request %s: not in flight here", type(event).__name__, request_id)
+            return
+        try:
+            entry.send.send_nowait(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass

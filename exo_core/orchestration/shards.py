@@ -1,0 +1,104 @@
+"""The engines of this node: one per loaded shard, loaded once and kept across requests.
+
+A shard is ``(model_id, first_layer, last_layer)``. The plan of a request names the shard this node runs;
+the first request that needs it loads it, concurrent ones wait for that load, and later ones reuse it.
+Different plans (the cluster changed) may need another shard: it is loaded beside the old one, and the
+least recently used shard beyond ``max_shards`` is dropped once no request uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from exo_core.engine import InferenceEngine
+from exo_core.models.source import ensure_layers, load_config
+from exo_core.orchestration.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+ShardKey = tuple[str, int, int]
+
+
+@dataclass
+class _Slot:
+    engine: InferenceEngine
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    loaded: bool = False
+    requests: set[str] = field(default_factory=set)
+    used_at: float = field(default_factory=time.monotonic)
+
+
+class ShardHost:
+    """Builds, loads and keeps engines by shard."""
+
+    def __init__(
+        self, engine_factory: Callable[[], InferenceEngine], catalog: Catalog, *, max_shards: int = 2
+    ) -> None:
+        self._factory = engine_factory
+        self._catalog = catalog
+        self._slots: dict[ShardKey, _Slot] = {}
+        self._max = max_shards
+        self._lock = anyio.Lock()
+
+    async def engine_for(self, key: ShardKey, request_id: str) -> InferenceEngine:
+        """The loaded engine of ``key`` (loading it first if needed), registered as used by the request."""
+        async with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = _Slot(self._factory())
+                self._slots[key] = slot
+        async with slot.lock:
+            if not slot.loaded:
+                model_id, first, last = key
+                started = time.monotonic()
+                source = await anyio.to_thread.run_sync(self._catalog.source, model_id, (first, last))
+                await anyio.to_thread.run_sync(ensure_layers, source, first, last)
+                config = await anyio.to_thread.run_sync(load_config, source)
+                await slot.engine.load(source, first, last, config.n_layers)
+                slot.loaded = True
+                log.info(
+                    "loaded %s layers %d..%d in %.1f s", model_id, first, last, time.monotonic() - started
+                )
+                await self._evict(keep=key)
+        slot.requests.add(request_id)
+        slot.used_at = time.monotonic()
+        return slot.engine
+
+    async def free(self, request_id: str) -> None:
+        """Drop the request's KV caches in every engine."""
+        for slot in list(self._slots.values()):
+            if request_id in slot.requests:
+                slot.requests.discard(request_id)
+                await slot.engine.free(request_id)
+
+    async def _evict(self, keep: ShardKey) -> None:
+        idle = sorted(
+            (s.used_at, k) for k, s in self._slots.items() if k != keep and s.loaded and not s.requests
+        )
+        while len(self._slots) > self._max and idle:
+            _, key = idle.pop(0)
+            self._slots.pop(key, None)
+            log.info("dropped shard %s layers %d..%d (not in the current plan)", *key)
+
+    def describe(self) -> list[dict[str, object]]:
+        """Loaded shards and their memory, for the topology."""
+        out: list[dict[str, object]] = []
+        for (model_id, first, last), slot in self._slots.items():
+            if slot.loaded:
+                mem = slot.engine.memory()
+                out.append(
+                    {
+                        "model": model_id,
+                        "first_layer": first,
+                        "last_layer": last,
+                        "weights_bytes": mem.weights,
+                        "kv_cache_bytes": mem.kv_cache,
+                        "requests": len(slot.requests),
+                    }
+                )
+        return out

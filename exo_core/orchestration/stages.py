@@ -1,0 +1,152 @@
+"""Running this node's stage of a request: PROMPT / TENSOR / TOKEN in, TENSOR or TOKEN out.
+
+The first stage of a plan takes token ids (the prompt, then each sampled token); every stage runs its
+layers and hands the hidden state to the next stage; the last stage samples a token and sends it to the
+request's origin (to stream) and, unless generation is finished, to the first stage as the next input.
+Any failure becomes an ``ERROR`` for the origin, naming this node and its layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import numpy as np
+
+from exo_core.models.sampling import make_rng, sample, token_logprob, top_logprobs
+from exo_core.models.source import load_config
+from exo_core.orchestration.catalog import Catalog
+from exo_core.orchestration.shards import ShardHost
+from exo_core.protocol.codec import RoutedMessage
+from exo_core.protocol.control import Error
+from exo_core.protocol.errors import ErrorCode
+from exo_core.protocol.inference import Finish, Prompt, RequestContext, TensorMessage, Token
+from exo_core.protocol.tensor import Tensor
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, RoutedMessage], Awaitable[None]]
+
+
+class StageRunner:
+    """Executes the stages of any request that this node has in its plan."""
+
+    def __init__(
+        self, self_id: str, shards: ShardHost, catalog: Catalog, send: Send, *, idle_timeout: float = 600.0
+    ) -> None:
+        self.self_id = self_id
+        self._shards = shards
+        self._catalog = catalog
+        self._send = send
+        self._rngs: dict[str, np.random.Generator] = {}
+        self._active: dict[str, float] = {}
+        self._context_length: dict[str, int] = {}
+        self._idle_timeout = idle_timeout
+
+    # ---- message entry points ------------------------------------------------------------------------
+
+    async def on_prompt(self, msg: Prompt) -> None:
+        ids = np.asarray(msg.token_ids, dtype=np.int64)
+        await self._guarded(msg.ctx, 0, ids, 0, msg.position)
+
+    async def on_tensor(self, msg: TensorMessage) -> None:
+        index = self._index(msg.ctx)
+        if index is None or index == 0:
+            await self._fail(
+                msg.ctx, f"node {self.self_id} got hidden states but runs no later stage of the plan"
+            )
+            return
+        await self._guarded(msg.ctx, index, msg.tensor.to_numpy(), msg.step, msg.position)
+
+    async def on_token(self, msg: Token) -> None:
+        """A sampled token: next input when this node runs the first stage."""
+        if msg.finished or not msg.ctx.plan or msg.ctx.plan[0].node_id != self.self_id:
+            return
+        ids = np.asarray([msg.token_id], dtype=np.int64)
+        await self._guarded(msg.ctx, 0, ids, msg.step + 1, msg.position)
+
+    async def on_finish(self, msg: Finish) -> None:
+        self._rngs.pop(msg.request_id, None)
+        self._active.pop(msg.request_id, None)
+        await self._shards.free(msg.request_id)
+
+    async def sweep(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Free requests whose origin went silent (never finished them), so caches cannot leak."""
+        task_status.started()
+        while True:
+            await anyio.sleep(min(30.0, self._idle_timeout / 2))
+            now = time.monotonic()
+            for rid, seen in list(self._active.items()):
+                if now - seen > self._idle_timeout:
+                    log.warning("freeing request %s: no message for %.0f s", rid, now - seen)
+                    await self.on_finish(Finish(rid, "cancelled"))
+
+    # ---- internals -----------------------------------------------------------------------------------
+
+    def _index(self, ctx: RequestContext) -> int | None:
+        for i, stage in enumerate(ctx.plan):
+            if stage.node_id == self.self_id:
+                return i
+        return None
+
+    async def _guarded(
+        self, ctx: RequestContext, index: int, x: np.ndarray, step: int, position: int
+    ) -> None:
+        try:
+            await self._run(ctx, index, x, step, position)
+        except Exception as exc:
+            stage = ctx.plan[index] if index < len(ctx.plan) else None
+            where = f"layers {stage.first_layer}..{stage.last_layer}" if stage else "no stage"
+            log.exception("request %s failed on this node (%s)", ctx.request_id, where)
+            await self._fail(ctx, f"node {self.self_id} ({where}): {type(exc).__name__}: {exc}")
+
+    async def _fail(self, ctx: RequestContext, message: str) -> None:
+        try:
+            await self._send(ctx.origin, Error(int(ErrorCode.INTERNAL), message, ctx.request_id))
+        except Exception as exc:
+            log.warning("cannot report the failure of request %s to %s: %s", ctx.request_id, ctx.origin, exc)
+
+    async def _run(self, ctx: RequestContext, index: int, x: np.ndarray, step: int, position: int) -> None:
+        if not ctx.plan or ctx.plan[index].node_id != self.self_id:
+            raise ValueError(f"stage {index} of the plan is not this node's")
+        rid = ctx.request_id
+        self._active[rid] = time.monotonic()
+        stage = ctx.plan[index]
+        engine = await self._shards.engine_for((ctx.model_id, stage.first_layer, stage.last_layer), rid)
+        cached = engine.position(rid)
+        if cached != position:
+            raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")
+        out = await engine.forward(rid, x)
+        if index + 1 < len(ctx.plan):
+            nxt = ctx.plan[index + 1].node_id
+            await self._send(nxt, TensorMessage(ctx, step, position, Tensor.from_numpy(out)))
+            return
+        token = await self._sample(ctx, out, step, position + len(x))
+        targets = dict.fromkeys([ctx.origin] + ([] if token.finished else [ctx.plan[0].node_id]))
+        for target in targets:
+            await self._send(target, token)
+
+    async def _sample(self, ctx: RequestContext, logits: np.ndarray, step: int, position: int) -> Token:
+        params = ctx.sampling
+        rng = self._rngs.get(ctx.request_id)
+        if rng is None:
+            rng = self._rngs[ctx.request_id] = make_rng(params.seed)
+        token_id = sample(logits, params.temperature, params.top_p, params.top_k, rng)
+        top = tuple(top_logprobs(logits, params.top_logprobs)) if params.top_logprobs else ()
+        logprob = token_logprob(logits, token_id)
+        reason = ""
+        if token_id in params.stop_token_ids:
+            reason = "stop"
+        elif step + 1 >= params.max_tokens or position + 1 >= await self._context(ctx.model_id):
+            reason = "length"
+        return Token(ctx, step, position, token_id, logprob, top, bool(reason), reason)
+
+    async def _context(self, model_id: str) -> int:
+        length = self._context_length.get(model_id)
+        if length is None:
+            source = await anyio.to_thread.run_sync(self._catalog.source, model_id)
+            config = await anyio.to_thread.run_sync(load_config, source)
+            length = self._context_length[model_id] = config.context_length
+        return length

@@ -1,0 +1,106 @@
+"""The exo wire protocol: frames, messages and their binary encoding (pure: no I/O).
+
+Normative description: docs/protocol.md. Entry points: :func:`encode` / :func:`decode` for messages,
+:class:`FrameParser` for turning received bytes into frames, :func:`fragments` for cutting large messages.
+"""
+
+from __future__ import annotations
+
+from exo_core.protocol.auth import auth_mac, new_nonce, verify_mac
+from exo_core.protocol.binary import Value
+from exo_core.protocol.codec import (
+    CONNECTION_TYPES,
+    MESSAGE_CLASSES,
+    ConnectionMessage,
+    Encoded,
+    Message,
+    RoutedMessage,
+    decode,
+    encode,
+    encode_bytes,
+)
+from exo_core.protocol.control import (
+    PROTOCOL_VERSION,
+    AuthChallenge,
+    AuthResponse,
+    Error,
+    GoAway,
+    Hello,
+    Ping,
+    Pong,
+    Ready,
+)
+from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
+from exo_core.protocol.errors import ErrorCode, ProtocolError
+from exo_core.protocol.frame import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
+    MAGIC,
+    Frame,
+    FrameParser,
+    FrameType,
+    encode_frame,
+    fragments,
+    frame_header,
+)
+from exo_core.protocol.inference import (
+    Finish,
+    NodeState,
+    Prompt,
+    RequestContext,
+    SamplingParams,
+    Stage,
+    TensorMessage,
+    Token,
+    Topology,
+)
+from exo_core.protocol.tensor import Tensor
+
+__all__ = [
+    "CONNECTION_TYPES",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_TTL",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MESSAGE_CLASSES",
+    "PROTOCOL_VERSION",
+    "AuthChallenge",
+    "AuthResponse",
+    "ConnectionMessage",
+    "Encoded",
+    "Envelope",
+    "Error",
+    "ErrorCode",
+    "Finish",
+    "Frame",
+    "FrameParser",
+    "FrameType",
+    "GoAway",
+    "Hello",
+    "Message",
+    "NodeState",
+    "Ping",
+    "Pong",
+    "Prompt",
+    "ProtocolError",
+    "Ready",
+    "RequestContext",
+    "RoutedMessage",
+    "SamplingParams",
+    "Stage",
+    "Tensor",
+    "TensorMessage",
+    "Token",
+    "Topology",
+    "Value",
+    "auth_mac",
+    "decode",
+    "decrement_ttl",
+    "encode",
+    "encode_bytes",
+    "encode_frame",
+    "fragments",
+    "frame_header",
+    "new_nonce",
+    "verify_mac",
+]

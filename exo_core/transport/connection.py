@@ -1,0 +1,384 @@
+"""One TCP connection carrying exo frames: zero-copy reads, scatter-gather writes, fair interleaving.
+
+I/O only: the handshake (:mod:`.handshake`) and message dispatch (:mod:`.tcp`) sit on top.
+
+Writes: a small frame is written straight from the caller when nothing is queued (no task switch); the
+rest waits in an ordered queue of buffers that the connection's writer task flushes with ``sendmsg``. A
+large message is cut into ``FRAGMENT`` frames that the writer queues one at a time, only when the queue is
+empty, so a small frame (a ``PONG``) waits for at most one fragment, never for the whole tensor.
+
+Reads: ``recv_into`` the parser's buffer (a large payload is read straight into its final buffer). Waits are
+bounded: ``idle_timeout`` between frames (keepalive PINGs make silence mean death), and inside a frame a
+slow-sender deadline of ``frame_timeout`` plus ``1 / min_transfer_rate`` seconds per byte received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio import CancelScope
+
+from exo_core.protocol.codec import Encoded, encode_bytes
+from exo_core.protocol.control import Ping
+from exo_core.protocol.errors import ErrorCode, ProtocolError
+from exo_core.protocol.frame import Buffer, Frame, FrameParser, fragments
+from exo_core.transport.errors import ConnectionClosedError
+from exo_core.transport.settings import TransportSettings
+
+log = logging.getLogger("exo_core.transport")
+
+_IOV_MAX = 512
+_KEEPALIVE = encode_bytes(Ping(0))
+#: recv calls per readiness callback: bounds how long one busy connection holds the event loop.
+_READS_PER_WAKE = 16
+
+
+@dataclass(eq=False)
+class _Bulk:
+    frags: object  # iterator of fragment buffer lists
+    done: anyio.Event = field(default_factory=anyio.Event)
+    queued_last: bool = False
+
+
+def clock() -> Callable[[], float]:
+    """The event loop's clock (what ``anyio.current_time`` reads, minus its per-call backend lookup)."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio
+        return anyio.current_time
+
+
+class Connection:
+    """A connected, non-blocking socket speaking exo frames.
+
+    Args:
+        sock: a connected socket (made non-blocking with ``TCP_NODELAY``).
+        settings: limits and timeouts.
+        dialed: this side opened the connection.
+        remote: the peer's address as seen on the socket, for logs.
+    """
+
+    def __init__(
+        self, sock: socket.socket, settings: TransportSettings, *, dialed: bool, remote: str
+    ) -> None:
+        self.sock = sock
+        self.settings = settings
+        self.dialed = dialed
+        self.remote = remote
+        self.label = remote  # becomes "node-id (host:port)" after the handshake
+        self.parser = FrameParser(settings.max_frame_size)
+        self.closed = False
+        self.error: str | None = None
+        self.scope: CancelScope | None = None
+        self._frames: deque[Frame] = deque()
+        self._inflight: deque[memoryview] = deque()
+        self._bulk: deque[_Bulk] = deque()
+        self._finishing: list[_Bulk] = []
+        self._wake = anyio.Event()
+        self._drained = anyio.Event()
+        self._stream_ids = itertools.count(1)
+        self._clock = clock()
+        now = self._clock()
+        self._last_recv = now
+        self._last_send = now
+        self._frame_start: float | None = None
+        self._frame_bytes = 0
+        self._close_deadline: float | None = None
+        self._deliver: Callable[[Frame], None] | None = None
+        self._read_error: Exception | None = None
+        self._pumping = anyio.Event()
+
+    # ---- writing -------------------------------------------------------------------------------------
+
+    def send_nowait(self, parts: list[Buffer] | bytes) -> None:
+        """Queue a small frame (written at once when nothing is queued). Never blocks.
+
+        Raises:
+            ConnectionClosedError: the connection is closed.
+        """
+        if self.closed:
+            raise ConnectionClosedError(f"connection to {self.label} is closed ({self.error or 'closed'})")
+        if isinstance(parts, bytes | bytearray):
+            parts = [parts]
+        if self._inflight:  # keep the order: behind what is queued
+            self._inflight.extend(memoryview(p).cast("B") for p in parts)
+            self._wake.set()
+            return
+        try:
+            n = self.sock.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.fail(f"write failed: {exc}")
+            raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
+        else:
+            self._last_send = self._clock()
+        for p in parts:  # whatever the OS did not take waits for the writer task
+            view = memoryview(p).cast("B")
+            if n >= len(view):
+                n -= len(view)
+                continue
+            self._inflight.append(view[n:])
+            n = 0
+        if self._inflight:
+            self._wake.set()
+
+    async def send(self, encoded: Encoded) -> None:
+        """Send a message, fragmenting it when larger than ``fragment_size``; returns once written to the OS.
+
+        Raises:
+            ConnectionClosedError: the connection closed before the message was fully written.
+        """
+        if encoded.payload_size <= self.settings.fragment_size:
+            self.send_nowait(encoded.parts)
+            return
+        await self.send_large(encoded.type, encoded.payload_parts())
+
+    async def send_large(self, frame_type: int, payload: list[Buffer]) -> None:
+        """Send one payload as ``FRAGMENT`` frames, interleaved with other traffic."""
+        if self.closed:
+            raise ConnectionClosedError(f"connection to {self.label} is closed ({self.error or 'closed'})")
+        bulk = _Bulk(fragments(frame_type, payload, next(self._stream_ids), self.settings.fragment_size))
+        self._bulk.append(bulk)
+        self._wake.set()
+        await bulk.done.wait()
+        if self.closed and not bulk.queued_last:
+            raise ConnectionClosedError(f"connection to {self.label} closed while sending ({self.error})")
+
+    def _flush_some(self) -> None:
+        inflight = self._inflight
+        while inflight:
+            try:
+                n = self.sock.sendmsg(list(itertools.islice(inflight, _IOV_MAX)))
+            except (BlockingIOError, InterruptedError):
+                return
+            self._last_send = self._clock()
+            while n:
+                head = inflight[0]
+                if len(head) <= n:
+                    n -= len(head)
+                    inflight.popleft()
+                else:
+                    inflight[0] = head[n:]
+                    n = 0
+
+    async def write_loop(self) -> None:
+        """The connection's writer task: flushes the queue, feeds fragments, sends keepalives."""
+        try:
+            await self._write_loop()
+        except (OSError, TimeoutError) as exc:
+            self.fail(f"write failed: {exc or 'peer stopped reading'}")
+
+    async def _write_loop(self) -> None:
+        s = self.settings
+        while True:
+            if self._inflight:
+                self._flush_some()
+                if self._inflight:
+                    with anyio.fail_after(s.write_timeout):
+                        await anyio.wait_writable(self.sock)
+                continue
+            for b in self._finishing:
+                b.done.set()
+            self._finishing.clear()
+            if self._bulk:
+                bulk = self._bulk[0]
+                parts = next(bulk.frags, None)  # type: ignore[call-overload]
+                if parts is None:
+                    self._bulk.popleft()
+                    bulk.queued_last = True
+                    self._finishing.append(bulk)
+                else:
+                    self._inflight.extend(memoryview(p).cast("B") for p in parts)
+                    self._bulk.rotate(-1)  # round-robin between large messages
+                continue
+            self._drained.set()
+            idle = self._clock() - self._last_send
+            with anyio.move_on_after(max(0.0, s.keepalive_interval - idle)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            self._drained = anyio.Event()
+            if not self._inflight and not self._bulk:
+                if self._clock() - self._last_send >= s.keepalive_interval:
+                    self._inflight.append(memoryview(_KEEPALIVE))
+
+    # ---- reading -------------------------------------------------------------------------------------
+
+    async def read_frame(self) -> Frame:
+        """The next complete frame (for the handshake and ``exo ping``; :meth:`pump` serves the rest).
+
+        Raises:
+            ProtocolError: the peer broke the framing rules (bad magic, unknown type, oversize, ...).
+            ConnectionClosedError: the peer closed or reset the connection.
+            TimeoutError: idle too long, or a slow sender (message says which).
+        """
+        while not self._frames:
+            try:
+                n = self.sock.recv_into(self.parser.buffer())
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable()
+                continue
+            except OSError as exc:
+                raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
+            self._received(n)
+        return self._frames.popleft()
+
+    async def pump(self, deliver: Callable[[Frame], None]) -> None:
+        """Read frames until the connection ends, handing each to ``deliver`` as soon as it is complete.
+
+        ``deliver`` runs synchronously on the reading path (it must not block; it starts tasks for real
+        work). On asyncio the socket stays registered with the event loop for the connection's lifetime and
+        frames are parsed and delivered straight from its readiness callback: no task switch and no
+        selector registration per message. Other backends use readiness waits. Never returns normally.
+
+        Raises:
+            ProtocolError, ConnectionClosedError, TimeoutError: as :meth:`read_frame`, or whatever
+                ``deliver`` raised.
+        """
+        while self._frames:
+            deliver(self._frames.popleft())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): readiness waits
+            while True:
+                deliver(await self.read_frame())
+        fd = self.sock.fileno()
+        self._deliver = deliver
+        self._pumping = anyio.Event()
+        loop.add_reader(fd, self._on_readable)
+        try:
+            while self._read_error is None:
+                deadline, why = self._read_deadline()
+                now = self._clock()
+                if now >= deadline:
+                    raise TimeoutError(why)
+                with anyio.move_on_after(deadline - now):
+                    await self._pumping.wait()
+                self._pumping = anyio.Event()
+            raise self._read_error
+        finally:
+            self._deliver = None
+            loop.remove_reader(fd)
+
+    def _on_readable(self) -> None:
+        """Readiness callback of :meth:`pump`: read what is there (bounded, for fairness) and deliver it."""
+        deliver = self._deliver
+        if deliver is None or self._read_error is not None:
+            return
+        sock, parser, frames = self.sock, self.parser, self._frames
+        try:
+            for _ in range(_READS_PER_WAKE):
+                try:
+                    n = sock.recv_into(parser.buffer())
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
+                self._received(n)
+                while frames:
+                    deliver(frames.popleft())
+                if self._deliver is None:  # deliver closed the connection
+                    return
+        except Exception as exc:  # handed to the pumping task, which raises it
+            self._read_error = exc
+            self._deliver = None
+            self._pumping.set()
+
+    def _received(self, n: int) -> None:
+        """Account for ``n`` bytes read into the parser's buffer (0: the peer closed)."""
+        if n == 0:
+            if self.parser.in_frame or self.parser.in_message:
+                raise ProtocolError(ErrorCode.TRUNCATED, "connection closed in the middle of a frame")
+            raise ConnectionClosedError(f"{self.label} closed the connection")
+        was_in_frame = self._frame_start is not None
+        now = self._clock()
+        self._last_recv = now
+        self._frames.extend(self.parser.advance(n))
+        if self.parser.in_frame:
+            if not was_in_frame:
+                self._frame_start, self._frame_bytes = now, 0
+            self._frame_bytes += n
+        else:
+            self._frame_start = None
+
+    def _read_deadline(self) -> tuple[float, str]:
+        s = self.settings
+        if self._frame_start is not None:
+            deadline = self._frame_start + s.frame_timeout + self._frame_bytes / s.min_transfer_rate
+            why = (
+                f"slow sender: a frame is still incomplete after {self._clock() - self._frame_start:.1f}s "
+                f"({self._frame_bytes} bytes received)"
+            )
+        else:
+            deadline = self._last_recv + s.idle_timeout
+            why = f"nothing received for {s.idle_timeout:g}s (peer dead or unreachable)"
+        if self._close_deadline is not None and self._close_deadline < deadline:
+            deadline, why = self._close_deadline, "peer did not answer GOAWAY in time"
+        return deadline, why
+
+    async def _wait_readable(self) -> None:
+        deadline, why = self._read_deadline()
+        with anyio.move_on_after(max(0.0, deadline - self._clock())) as scope:
+            await anyio.wait_readable(self.sock)
+        if scope.cancelled_caught:
+            raise TimeoutError(why)
+
+    @property
+    def close_deadline(self) -> float | None:
+        """When a draining connection (GOAWAY sent) gives up waiting for the peer's GOAWAY."""
+        return self._close_deadline
+
+    @close_deadline.setter
+    def close_deadline(self, when: float | None) -> None:
+        self._close_deadline = when
+        self._pumping.set()  # the pumping task recomputes its deadline
+
+    # ---- closing -------------------------------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        """Mark the connection broken and stop its tasks (from any task)."""
+        if not self.closed:
+            self.closed = True
+            self.error = reason
+        self._deliver = None
+        for b in (*self._bulk, *self._finishing):
+            b.done.set()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def close_gracefully(self, within: float = 1.0) -> None:
+        """Flush what is queued (an ``ERROR`` frame), half-close, and read until the peer closes.
+
+        Reading to EOF before closing keeps the kernel from resetting the connection, which would destroy
+        the queued frame before the peer reads it. Must run in the task that reads this connection.
+        """
+        with anyio.move_on_after(within):
+            while self._inflight:
+                self._flush_some()
+                if self._inflight:
+                    await anyio.wait_writable(self.sock)
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                return
+            sink = bytearray(65536)
+            while True:
+                try:
+                    if self.sock.recv_into(sink) == 0:
+                        return
+                except (BlockingIOError, InterruptedError):
+                    await anyio.wait_readable(self.sock)
+                except OSError:
+                    return
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued for writing."""
+        return not self._inflight and not self._bulk

@@ -1,0 +1,595 @@
+"""The ``tcp`` transport: one duplex, authenticated TCP connection per peer pair, carrying exo frames.
+
+Usage (the node builds it from its :class:`~exo_core.components.ComponentContext`)::
+
+    transport = TcpTransport.from_context(ctx, capabilities={"chip": "EPYC", "memory": 24576})
+    transport.on(FrameType.TENSOR, handle_tensor)         # async (Incoming) -> reply | None
+    transport.add_peer_listener(on_peer_event)            # PeerEvent("up" | "down", PeerInfo)
+    async with anyio.create_task_group() as tg:
+        await tg.start(transport.run)                     # listening once this returns
+        transport.keep("10.0.0.151", 50051)               # dial, keep connected, redial with backoff
+        reply = await transport.request(peer_id, Ping(), timeout=2.0)
+        await transport.send(peer_id, Token(...))         # one-way
+
+Whichever side dialed, both use the connection: a peer that connected to us is reachable without
+dialing back. Requests are matched to replies by correlation id; many share one connection. A PING is
+answered by the reader itself, and large messages are fragmented, so health checks never wait behind a
+tensor. When a peer's last connection closes, its pending requests fail at once with
+:class:`PeerUnavailableError` and listeners get a ``down`` event.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio import TASK_STATUS_IGNORED, CancelScope
+from anyio.abc import TaskGroup, TaskStatus
+
+from exo_core import __version__
+from exo_core.components import ComponentContext
+from exo_core.protocol.binary import Value
+from exo_core.protocol.codec import CONNECTION_TYPES, RoutedMessage, decode, encode
+from exo_core.protocol.control import Error, Ping, Pong
+from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
+from exo_core.protocol.errors import ErrorCode, ProtocolError
+from exo_core.protocol.frame import Frame, FrameType, frame_header
+from exo_core.transport.connection import Connection
+from exo_core.transport.errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    PeerUnavailableError,
+    RemoteError,
+    RequestTimeoutError,
+)
+from exo_core.transport.handshake import LocalIdentity, handshake
+from exo_core.transport.links import Link, PeerTable
+from exo_core.transport.settings import TransportSettings
+from exo_core.transport.sock import connect, format_address, is_loopback, listen, tune
+from exo_core.transport.types import Handler, Incoming, PeerEvent, PeerInfo, PeerListener, RelayHandler
+
+log = logging.getLogger("exo_core.transport")
+
+_CORR_MAX = 0xFFFFFFFF
+
+
+@dataclass(eq=False)
+class _Pending:
+    via: str
+    event: anyio.Event = field(default_factory=anyio.Event)
+    reply: RoutedMessage | None = None
+    error: Exception | None = None
+
+
+@dataclass(eq=False)
+class _Keep:
+    scope: CancelScope
+    link: Link | None = None
+
+
+class TcpTransport:
+    """Listens on ``host:port``, dials peers, and carries exo messages over one connection per peer.
+
+    Args:
+        node_id: this node's id (sent in HELLO).
+        host / port: where to listen (``port=0`` picks a free port; see :attr:`port`).
+        cluster_key: shared secret for mutual HMAC authentication (``None``: no authentication).
+        settings: limits and timeouts (defaults: :class:`TransportSettings`).
+        capabilities: this node's device capabilities, sent in HELLO (settable later).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 50051,
+        cluster_key: str | bytes | None = None,
+        settings: TransportSettings | None = None,
+        capabilities: dict[str, Value] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.settings = settings or TransportSettings()
+        self.capabilities: dict[str, Value] = dict(capabilities or {})
+        self._requested_port = port
+        self._port: int | None = None
+        self._key = cluster_key.encode("utf-8") if isinstance(cluster_key, str) else cluster_key
+        self._instance = secrets.randbits(63)
+        self._conn_seq = itertools.count(1)
+        self._corr = itertools.count(1)
+        self._handlers: dict[FrameType, Handler] = {}
+        self._relay: RelayHandler | None = None
+        self._listeners: list[PeerListener] = []
+        self._table = PeerTable(node_id, self.settings.drain_timeout, self._emit)
+        self._pending: dict[int, _Pending] = {}
+        self._keeps: dict[tuple[str, int], _Keep] = {}
+        self._tg: TaskGroup | None = None
+        self._connections = 0
+
+    @classmethod
+    def from_context(
+        cls, ctx: ComponentContext, capabilities: dict[str, Value] | None = None
+    ) -> TcpTransport:
+        """Build from the node's settings (``node_host``, ``node_port``, ``cluster_key``) and ours."""
+        settings = ctx.settings if isinstance(ctx.settings, TransportSettings) else TransportSettings()
+        key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key else None
+        return cls(
+            ctx.node_id,
+            host=ctx.core.node_host,
+            port=ctx.core.node_port,
+            cluster_key=key,
+            settings=settings,
+            capabilities=capabilities,
+        )
+
+    # ---- introspection -------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (after :meth:`run` started)."""
+        if self._port is None:
+            raise RuntimeError("the transport is not listening yet: start it with `await tg.start(t.run)`")
+        return self._port
+
+    @property
+    def advertised_address(self) -> str:
+        """What HELLO tells peers to dial: the setting, the listen address, or ``:port`` on a wildcard."""
+        if self.settings.advertise_address:
+            return self.settings.advertise_address
+        if self._port is None:
+            return ""
+        wildcard = self.host in ("", "0.0.0.0", "::")
+        return f":{self._port}" if wildcard else format_address(self.host, self._port)
+
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        """Connected peers (node id -> what its HELLO said)."""
+        return {pid: p.info for pid, p in self._table.peers.items()}
+
+    def peer(self, node_id: str) -> PeerInfo | None:
+        """A connected peer's HELLO info, or ``None``."""
+        p = self._table.peers.get(node_id)
+        return p.info if p else None
+
+    # ---- registration --------------------------------------------------------------------------------
+
+    def on(self, frame_type: FrameType, handler: Handler) -> None:
+        """Handle messages of one type (one handler per type; PING is answered by the transport)."""
+        if frame_type in CONNECTION_TYPES or frame_type in (FrameType.FRAGMENT, FrameType.PING):
+            raise ValueError(f"{frame_type.name} is handled by the transport itself")
+        if frame_type in self._handlers:
+            raise ValueError(f"a handler for {frame_type.name} is already registered")
+        self._handlers[frame_type] = handler
+
+    def set_relay(self, handler: RelayHandler | None) -> None:
+        """Receive messages addressed to other nodes (``envelope.dst``), to pass on with :meth:`forward`."""
+        self._relay = handler
+
+    def add_peer_listener(self, listener: PeerListener) -> Callable[[], None]:
+        """Call ``listener`` on every peer up/down event; returns a function that unsubscribes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _emit(self, event: PeerEvent) -> None:
+        if event.kind == "down":
+            err = PeerUnavailableError(f"connection to peer {event.peer.node_id} lost: {event.reason}")
+            for p in self._pending.values():
+                if p.via == event.peer.node_id and p.reply is None:
+                    p.error = err
+                    p.event.set()
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("peer listener %r failed on %s", listener, event)
+
+    # ---- running -------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; ``started()`` is called once the listener is bound."""
+        socks = listen(self.host, self._requested_port)
+        self._port = socks[0].getsockname()[1]
+        where = format_address(self.host or "0.0.0.0", self._port)
+        if self._key is None and not is_loopback(self.host):
+            log.warning(
+                "listening on %s without a cluster key: anyone who can reach this port can join the cluster; "
+                "set --cluster-key / EXO_CLUSTER_KEY on every node",
+                where,
+            )
+        log.info("transport listening on %s as node %s", where, self.node_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for s in socks:
+                    tg.start_soon(self._accept_loop, s)
+                task_status.started()
+        finally:
+            self._tg = None
+            for s in socks:
+                s.close()
+
+    def _task_group(self) -> TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the transport is not running: start it with `await tg.start(transport.run)`")
+        return self._tg
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        while True:
+            await anyio.wait_readable(lsock)
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed: %s", exc)
+                await anyio.sleep(0.1)
+                continue
+            remote = format_address(str(addr[0]), int(addr[1]))
+            if self._connections >= self.settings.max_connections:
+                log.warning("refusing connection from %s: %d connections open", remote, self._connections)
+                sock.close()
+                continue
+            tune(sock)
+            conn = Connection(sock, self.settings, dialed=False, remote=remote)
+            self._task_group().start_soon(self._serve, conn, 0, None)
+
+    def _identity(self) -> LocalIdentity:
+        return LocalIdentity(
+            node_id=self.node_id,
+            address=self.advertised_address,
+            agent=f"exo-core {__version__}",
+            instance=self._instance,
+            capabilities=self.capabilities,
+            key=self._key,
+        )
+
+    async def _serve(
+        self, conn: Connection, conn_seq: int, ready: Callable[[Link | BaseException], None] | None
+    ) -> None:
+        self._connections += 1
+        link: Link | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                conn.scope = tg.cancel_scope
+                tg.start_soon(conn.write_loop)
+                try:
+                    info = await handshake(
+                        conn, self._identity(), conn_seq=conn_seq, within=self.settings.handshake_timeout
+                    )
+                except (HandshakeError, ConnectionClosedError) as exc:
+                    self._log_handshake_failure(conn, exc)
+                    if ready is not None:
+                        ready(exc)
+                        ready = None
+                    await conn.close_gracefully()
+                    tg.cancel_scope.cancel()
+                    return
+                conn.label = f"{info.node_id} ({conn.remote})"
+                link = Link(conn, info)
+                if not info.tool:
+                    self._table.add(link)
+                if ready is not None:
+                    ready(link)
+                    ready = None
+                reason = await self._read_loop(link)
+                self._table.remove(link, reason)
+                tg.cancel_scope.cancel()
+        finally:
+            self._connections -= 1
+            conn.closed = True
+            conn.sock.close()
+            if link is not None:
+                self._table.remove(link, conn.error or "connection closed")
+                link.done.set()
+            if ready is not None:
+                ready(ConnectionClosedError(f"connection to {conn.remote} closed during the handshake"))
+
+    def _log_handshake_failure(self, conn: Connection, exc: Exception) -> None:
+        if isinstance(exc, HandshakeError) and exc.code == ErrorCode.SELF_CONNECTION:
+            log.info("%s", exc)
+        elif conn.dialed:
+            log.warning("could not connect to %s: %s", conn.remote, exc)
+        else:
+            log.warning("rejected connection from %s: %s", conn.remote, exc)
+
+    async def _read_loop(self, link: Link) -> str:
+        conn = link.conn
+        try:
+            await conn.pump(functools.partial(self._dispatch, link))
+        except ProtocolError as exc:
+            log.warning("closing connection to %s: %s", conn.label, exc)
+            self._send_error(link, Envelope(self.node_id), exc.code, exc.message)
+            await conn.close_gracefully()
+            return str(exc)
+        except TimeoutError as exc:
+            log.warning("closing connection to %s: %s", conn.label, exc)
+            return str(exc)
+        except ConnectionClosedError as exc:
+            log.info("%s", exc)
+            return str(exc)
+
+    # ---- incoming ------------------------------------------------------------------------------------
+
+    def _dispatch(self, link: Link, frame: Frame) -> None:
+        ftype = frame.type
+        if ftype in CONNECTION_TYPES:
+            if ftype != FrameType.GOAWAY:
+                raise ProtocolError(ErrorCode.UNEXPECTED, f"{ftype.name} after the handshake")
+            link.peer_goaway = True
+            if link.goaway_sent:
+                link.conn.fail("duplicate connection drained")
+            return
+        try:
+            env, msg = decode(ftype, frame.payload)
+        except ProtocolError as exc:
+            log.warning("malformed %s from %s: %s", ftype.name, link.conn.label, exc)
+            self._send_error(link, Envelope(self.node_id), exc.code, f"malformed {ftype.name}: {exc.message}")
+            return
+        assert env is not None
+        if env.dst and env.dst != self.node_id:
+            self._incoming_for_other(link, env, msg, frame)
+            return
+        if env.reply:
+            pending = self._pending.get(env.corr)
+            if pending is not None and pending.via == link.info.node_id and pending.reply is None:
+                pending.reply = msg  # type: ignore[assignment]
+                pending.event.set()
+            else:
+                log.debug("dropping late or unknown reply %d from %s", env.corr, link.conn.label)
+            return
+        if ftype == FrameType.PING:
+            assert isinstance(msg, Ping)
+            if env.wants_reply:
+                reply = Envelope(self.node_id, env.src, env.corr, reply=True)
+                try:
+                    link.conn.send_nowait(encode(Pong(msg.nonce), reply).parts)
+                except ConnectionClosedError:
+                    pass
+            return
+        incoming = Incoming(link.info, env, msg, ftype, frame.payload)  # type: ignore[arg-type]
+        handler = self._handlers.get(ftype)
+        if handler is None:
+            if ftype == FrameType.ERROR:
+                assert isinstance(msg, Error)
+                log.warning("%s reported %s: %s", link.conn.label, msg.code_name, msg.message)
+            elif ftype != FrameType.PONG:
+                log.warning("no handler for %s from %s", ftype.name, link.conn.label)
+            if env.wants_reply:
+                self._send_error(link, env, ErrorCode.NO_HANDLER, f"this node does not handle {ftype.name}")
+            return
+        self._task_group().start_soon(self._run_handler, handler, link, incoming)
+
+    def _incoming_for_other(self, link: Link, env: Envelope, msg: object, frame: Frame) -> None:
+        if self._relay is None:
+            log.warning("%s sent a %s for %s; no route", link.conn.label, frame.type.name, env.dst)
+            if env.wants_reply:
+                self._send_error(link, env, ErrorCode.NO_ROUTE, f"no route to {env.dst}")
+            return
+        incoming = Incoming(link.info, env, msg, frame.type, frame.payload)  # type: ignore[arg-type]
+        self._task_group().start_soon(self._run_relay, self._relay, incoming)
+
+    async def _run_relay(self, relay: RelayHandler, incoming: Incoming) -> None:
+        try:
+            await relay(incoming)
+        except Exception:
+            log.exception("relay of %s for %s failed", incoming.frame_type.name, incoming.envelope.dst)
+
+    def _send_error(self, link: Link, env: Envelope, code: ErrorCode, message: str) -> None:
+        reply = env.wants_reply and not env.reply
+        out = Envelope(self.node_id, env.src if reply else "", env.corr if reply else 0, reply=reply)
+        try:
+            link.conn.send_nowait(encode(Error(code, message), out).parts)
+        except ConnectionClosedError:
+            pass
+
+    async def _run_handler(self, handler: Handler, link: Link, incoming: Incoming) -> None:
+        env = incoming.envelope
+        try:
+            result = await handler(incoming)
+        except Exception as exc:
+            log.exception("handler for %s from %s failed", incoming.frame_type.name, link.conn.label)
+            if env.wants_reply:
+                self._send_error(link, env, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            return
+        if not env.wants_reply:
+            return
+        if result is None:
+            self._send_error(link, env, ErrorCode.INTERNAL, f"no reply to {incoming.frame_type.name}")
+            return
+        reply_env = Envelope(self.node_id, env.src, env.corr, reply=True)
+        try:
+            conn = link.conn if not (link.conn.closed or link.goaway_sent) else self._conn(link.info.node_id)
+            await conn.send(encode(result, reply_env))
+        except (ConnectionClosedError, PeerUnavailableError) as exc:
+            log.warning("could not reply to %s: %s", link.conn.label, exc)
+
+    # ---- outgoing ------------------------------------------------------------------------------------
+
+    def _conn(self, peer_id: str) -> Connection:
+        peer = self._table.peers.get(peer_id)
+        if peer is None:
+            known = ", ".join(sorted(self._table.peers)) or "none"
+            raise PeerUnavailableError(f"no connection to peer {peer_id} (connected: {known})")
+        return peer.primary.conn
+
+    async def send(self, peer_id: str, msg: RoutedMessage, *, dst: str = "", ttl: int = DEFAULT_TTL) -> None:
+        """Send a one-way message to a connected peer (``dst``: final recipient, if it is to be relayed).
+
+        Returns once the message is handed to the OS. Raises :class:`PeerUnavailableError` if the peer
+        is not connected, :class:`ConnectionClosedError` if the connection breaks meanwhile.
+        """
+        await self._conn(peer_id).send(encode(msg, Envelope(self.node_id, dst or peer_id, ttl=ttl)))
+
+    async def request(
+        self,
+        peer_id: str,
+        msg: RoutedMessage,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the per-request timeout is part of the API
+        dst: str = "",
+        ttl: int = DEFAULT_TTL,
+    ) -> RoutedMessage:
+        """Send a request to a connected peer and wait for the reply with the same correlation id.
+
+        Args:
+            peer_id: the connected peer to send it to.
+            msg: the request.
+            timeout: seconds to wait (default ``request_timeout``).
+            dst: final recipient when ``peer_id`` is to relay it ("" = ``peer_id`` itself).
+            ttl: hops allowed.
+
+        Raises:
+            RequestTimeoutError: no reply in time.
+            PeerUnavailableError: not connected, or the connection was lost while waiting.
+            RemoteError: the peer replied with ``ERROR``.
+        """
+        corr = next(self._corr) % _CORR_MAX + 1
+        if corr == _CORR_MAX:
+            self._corr = itertools.count(1)
+        pending = _Pending(peer_id)
+        self._pending[corr] = pending
+        limit = self.settings.request_timeout if timeout is None else timeout
+        try:
+            with anyio.move_on_after(limit):
+                env = Envelope(self.node_id, dst or peer_id, corr, wants_reply=True, ttl=ttl)
+                await self._conn(peer_id).send(encode(msg, env))
+                await pending.event.wait()
+        finally:
+            del self._pending[corr]
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        if reply is None:
+            raise RequestTimeoutError(f"no reply from {dst or peer_id} to {msg.TYPE.name} within {limit:g}s")
+        if isinstance(reply, Error):
+            raise RemoteError(reply.code, reply.message, dst or peer_id)
+        return reply
+
+    async def forward(self, peer_id: str, incoming: Incoming) -> bool:
+        """Relay a received message to ``peer_id`` as is (TTL decremented in place; nothing re-encoded).
+
+        Returns:
+            ``False`` if the message's TTL is exhausted: it is dropped, with a log line and, for a request,
+            an ``ERROR TTL_EXPIRED`` reply to its sender.
+
+        Raises:
+            PeerUnavailableError: ``peer_id`` is not connected.
+        """
+        payload = incoming.payload
+        if isinstance(payload, bytes) or (isinstance(payload, memoryview) and payload.readonly):
+            payload = bytearray(payload)
+        try:
+            decrement_ttl(payload)
+        except ProtocolError as exc:
+            log.warning(
+                "dropping %s from %s for %s: %s",
+                incoming.frame_type.name,
+                incoming.envelope.src,
+                incoming.envelope.dst,
+                exc,
+            )
+            peer = self._table.peers.get(incoming.peer.node_id)
+            if peer is not None and incoming.envelope.wants_reply:
+                self._send_error(peer.primary, incoming.envelope, exc.code, f"TTL expired at {self.node_id}")
+            return False
+        conn = self._conn(peer_id)
+        if len(payload) <= self.settings.fragment_size:
+            conn.send_nowait([frame_header(incoming.frame_type, len(payload)), payload])
+        else:
+            await conn.send_large(incoming.frame_type, [payload])
+        return True
+
+    # ---- dialing -------------------------------------------------------------------------------------
+
+    async def dial(self, host: str, port: int) -> PeerInfo:
+        """Connect to ``host:port`` once and return the peer's HELLO info (the connection stays up).
+
+        Raises:
+            OSError: connection refused, unreachable, or timed out (``TimeoutError``).
+            HandshakeError: wrong key, version mismatch, not an exo node, ...
+        """
+        return (await self._dial_link(host, port)).info
+
+    async def _dial_link(self, host: str, port: int) -> Link:
+        tg = self._task_group()
+        sock = await connect(host, port, self.settings.connect_timeout)
+        conn = Connection(sock, self.settings, dialed=True, remote=format_address(host, port))
+        result: list[Link | BaseException] = []
+        done = anyio.Event()
+
+        def ready(r: Link | BaseException) -> None:
+            result.append(r)
+            done.set()
+
+        tg.start_soon(self._serve, conn, next(self._conn_seq), ready)
+        await done.wait()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
+
+    def keep(self, host: str, port: int) -> None:
+        """Keep ``host:port`` connected: dial now, redial with capped exponential backoff when lost.
+
+        Idempotent. A connection that lost the duplicate rule to another connection to the same peer is
+        not redialed until that peer goes down. Stop with :meth:`forget`.
+        """
+        key = (host, port)
+        if key in self._keeps:
+            return
+        keep = _Keep(CancelScope())
+        self._keeps[key] = keep
+        self._task_group().start_soon(self._keep_loop, host, port, keep)
+
+    def forget(self, host: str, port: int) -> None:
+        """Stop keeping ``host:port`` connected and close the connection dialed for it."""
+        keep = self._keeps.pop((host, port), None)
+        if keep is None:
+            return
+        keep.scope.cancel()
+        if keep.link is not None:
+            keep.link.conn.fail(f"{format_address(host, port)} forgotten")
+
+    async def _keep_loop(self, host: str, port: int, keep: _Keep) -> None:
+        s = self.settings
+        where = format_address(host, port)
+        delay = s.reconnect_initial
+        failures = 0
+        with keep.scope:
+            while True:
+                try:
+                    link = await self._dial_link(host, port)
+                except (OSError, HandshakeError, ConnectionClosedError) as exc:
+                    if isinstance(exc, HandshakeError) and exc.code == ErrorCode.SELF_CONNECTION:
+                        return  # the address is this node itself
+                    failures += 1
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(
+                        level,
+                        "dialing %s failed (attempt %d, retry in %.3gs): %s",
+                        where,
+                        failures,
+                        delay,
+                        exc,
+                    )
+                else:
+                    failures = 0
+                    delay = s.reconnect_initial
+                    keep.link = link
+                    await link.done.wait()
+                    keep.link = None
+                    peer = self._table.peers.get(link.info.node_id)
+                    if peer is not None:  # still reachable through the connection that won
+                        await peer.gone.wait()
+                await anyio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, s.reconnect_max)
+
+    def __repr__(self) -> str:
+        return f"TcpTransport(node_id={self.node_id!r}, port={self._port}, peers={len(self._table.peers)})"

@@ -1,0 +1,163 @@
+"""The ``mlx`` inference engine: one shard on MLX (Metal on Apple silicon, CPU elsewhere), per-request KV
+caches, work in worker threads one forward at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from exo_core.engine import MemoryUsage, ShardInfo
+from exo_core.models.source import ModelSource, load_config
+from exo_engine_mlx.model import KVCache, ShardModel
+from exo_engine_mlx.quant import source_quant
+from exo_engine_mlx.runtime import BlasChoice, import_mlx
+from exo_engine_mlx.weights import Representation, load_params
+
+log = logging.getLogger(__name__)
+
+RepresentationChoice = Literal["auto", "dense", "quantized"]
+
+
+def on_gpu() -> bool:
+    """MLX runs on a GPU (Metal) here."""
+    import mlx.core as mx
+
+    return bool(mx.default_device() == mx.gpu)
+
+
+def choose_representation(choice: RepresentationChoice, source: ModelSource, gpu: bool) -> Representation:
+    """Resolve ``auto``: on a GPU keep a quantized source quantized (less memory traffic, fast kernels); on
+    MLX's CPU backend use dense float32 (its quantized matmul is single-threaded: see docs/engines.md)."""
+    if choice != "auto":
+        return choice
+    if gpu and source_quant(source, "layers.0.q") is not None:
+        return "quantized"
+    return "dense"
+
+
+class MlxEngine:
+    """Implements :class:`exo_core.engine.InferenceEngine` on MLX.
+
+    Args:
+        representation: ``dense`` float32, ``quantized`` (MLX affine, bits/group from the source) or ``auto``
+            (see :func:`choose_representation`).
+        max_context: cap on positions per request (0: the model's context length).
+        cache_step: the KV cache grows in steps of this many positions.
+        compile: ``mx.compile`` the fixed-shape half of each block.
+        blas / blas_path: how MLX is imported if nothing imported it yet (see
+            :func:`exo_engine_mlx.runtime.import_mlx`).
+
+    Raises:
+        RuntimeError: MLX cannot be imported here.
+    """
+
+    def __init__(self, *, representation: RepresentationChoice = "auto", max_context: int = 0,
+                 cache_step: int = 256, compile: bool = True, blas: BlasChoice = "auto",
+                 blas_path: str = "") -> None:
+        reason = import_mlx(blas, blas_path)
+        if reason is not None:
+            raise RuntimeError(reason)
+        if max_context < 0 or cache_step < 1:
+            raise ValueError("max_context must be >= 0 and cache_step >= 1")
+        if representation not in ("auto", "dense", "quantized"):
+            raise ValueError(f"representation must be auto, dense or quantized, not {representation!r}")
+        self.representation_choice: RepresentationChoice = representation
+        self.max_context = max_context
+        self.cache_step = cache_step
+        self.compile = compile
+        self._model: ShardModel | None = None
+        self._info: ShardInfo | None = None
+        self._key: tuple[ModelSource, int, int] | None = None
+        self._caches: dict[str, KVCache] = {}
+        self._load_lock = anyio.Lock()
+        # MLX evaluates one graph at a time per stream; serializing keeps every request's arrays on one
+        # device stream and the caches consistent.
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @property
+    def representation(self) -> Representation | None:
+        """The representation of the loaded shard (``None`` before :meth:`load`)."""
+        return None if self._model is None else self._model.params.representation
+
+    async def load(self, source: ModelSource, first_layer: int, last_layer: int, n_layers_total: int) -> None:
+        """See :meth:`exo_core.engine.InferenceEngine.load`."""
+        async with self._load_lock:
+            key = (source, first_layer, last_layer)
+            if self._key == key:
+                return
+            config = await anyio.to_thread.run_sync(load_config, source)
+            if config.n_layers != n_layers_total:
+                raise ValueError(
+                    f"plan says {source.model_id} has {n_layers_total} layers but the model has {config.n_layers}"
+                )
+            config.check_layer_range(first_layer, last_layer)
+            self._model = None  # release the old shard's memory before reading the new one
+            self._caches.clear()
+            self._info = self._key = None
+            model = await anyio.to_thread.run_sync(self._build, source, first_layer, last_layer,
+                                                   limiter=self._limiter)
+            self._model, self._key = model, key
+            self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
+
+    def _build(self, source: ModelSource, first: int, last: int) -> ShardModel:
+        config = load_config(source)
+        rep = choose_representation(self.representation_choice, source, on_gpu())
+        started = time.perf_counter()
+        params = load_params(source, first, last, rep)
+        log.info("mlx: loaded %s layers %d..%d (%s, %.1f MB) in %.2f s", source.model_id, first, last, rep,
+                 params.nbytes() / 1e6, time.perf_counter() - started)
+        return ShardModel(config, params, is_first=first == 0, is_last=last == config.n_layers - 1,
+                          compile=self.compile)
+
+    def _check_input(self, model: ShardModel, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        cfg = model.config
+        if model.is_first:
+            if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}")
+            if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
+                raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
+            return x.astype(np.int32, copy=False)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != cfg.hidden_size:
+            raise ValueError(f"expected hidden states of shape (T, {cfg.hidden_size}), got {x.shape}")
+        if x.dtype not in (np.float32, np.float16):
+            raise ValueError(f"hidden states must be float32 (or float16), got {x.dtype}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+        """See :meth:`exo_core.engine.InferenceEngine.forward`."""
+        model = self._model
+        if model is None:
+            raise RuntimeError("the mlx engine has no model loaded; call load() first")
+        x = self._check_input(model, x)
+        cache = self._caches.get(request_id)
+        if cache is None:
+            limit = model.config.context_length
+            if self.max_context:
+                limit = min(limit, self.max_context)
+            cache = model.new_cache(self.cache_step, limit)
+            self._caches[request_id] = cache
+        return await anyio.to_thread.run_sync(model.forward, cache, x, all_logits, limiter=self._limiter)
+
+    async def free(self, request_id: str) -> None:
+        """See :meth:`exo_core.engine.InferenceEngine.free`."""
+        self._caches.pop(request_id, None)
+
+    def position(self, request_id: str) -> int:
+        """See :meth:`exo_core.engine.InferenceEngine.position`."""
+        cache = self._caches.get(request_id)
+        return 0 if cache is None else cache.pos
+
+    def shard(self) -> ShardInfo | None:
+        """See :meth:`exo_core.engine.InferenceEngine.shard`."""
+        return self._info
+
+    def memory(self) -> MemoryUsage:
+        """See :meth:`exo_core.engine.InferenceEngine.memory`."""
+        weights = self._model.params.nbytes() if self._model is not None else 0
+        return MemoryUsage(weights=weights, kv_cache=sum(c.nbytes for c in list(self._caches.values())))

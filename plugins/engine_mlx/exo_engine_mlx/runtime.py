@@ -1,0 +1,56 @@
+"""Importing MLX the one right way: on Linux, load a system OpenBLAS first (see :mod:`exo_engine_mlx.blas`).
+
+Every entry point that may be the first to touch MLX (the availability check, the factory, the engine's
+constructor) goes through :func:`import_mlx`; the other modules import ``mlx.core`` lazily after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+BlasChoice = Literal["auto", "bundled"]
+
+_result: dict[str, str | None] = {}
+
+
+def import_mlx(blas: BlasChoice = "auto", blas_path: str = "") -> str | None:
+    """Import ``mlx.core`` once per process; ``None`` on success, else why it failed (with an install hint).
+
+    With ``blas="auto"`` a system OpenBLAS is loaded first when one is installed and ``mlx.core`` is not
+    imported yet; ``bundled`` leaves MLX on the wheel's own BLAS. Later calls return the first result.
+    """
+    if "mlx" in _result:
+        return _result["mlx"]
+    if blas == "auto":
+        from exo_engine_mlx.blas import preload_openblas
+
+        preload_openblas(blas_path)
+    try:
+        import mlx.core  # noqa: F401
+    except Exception as exc:  # ImportError, or OSError from a missing native library
+        hint = "pip install 'mlx[cpu]'" if sys.platform.startswith("linux") else "pip install mlx"
+        _result["mlx"] = f"mlx is not importable ({type(exc).__name__}: {exc}); {hint}"
+        log.debug("mlx import failed: %s", _result["mlx"])
+    else:
+        _result["mlx"] = None
+    return _result["mlx"]
+
+
+def check_blas() -> None:
+    """Log which BLAS MLX's CPU backend uses; a warning with the fix when it is the slow reference BLAS."""
+    import mlx.core as mx
+
+    if mx.default_device() == mx.gpu or not sys.platform.startswith("linux"):
+        return
+    from exo_engine_mlx.blas import cpu_blas_report, fix_command
+
+    report = cpu_blas_report()
+    if report.slow:
+        log.warning("mlx: dense matmul runs on %s at %.1f GFLOP/s (~30x slower than OpenBLAS); fix: %s",
+                    report.library, report.gflops, fix_command())
+    else:
+        log.info("mlx: dense matmul runs on %s at %.1f GFLOP/s", report.library, report.gflops)

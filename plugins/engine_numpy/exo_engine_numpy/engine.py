@@ -1,0 +1,105 @@
+"""The ``numpy`` inference engine: float32 NumPy, one shard, per-request KV caches, work in threads."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from exo_core.engine import MemoryUsage, ShardInfo
+from exo_core.models.source import ModelSource, load_config
+from exo_engine_numpy.shard import KVCache, NumpyShard
+
+log = logging.getLogger(__name__)
+
+
+class NumpyEngine:
+    """Implements :class:`exo_core.engine.InferenceEngine` in pure NumPy.
+
+    Args:
+        max_context: cap on positions per request (0: the model's context length).
+        initial_cache: positions preallocated per request before the cache grows by doubling.
+    """
+
+    def __init__(self, *, max_context: int = 0, initial_cache: int = 256) -> None:
+        if max_context < 0 or initial_cache < 1:
+            raise ValueError("max_context must be >= 0 and initial_cache >= 1")
+        self.max_context = max_context
+        self.initial_cache = initial_cache
+        self._shard: NumpyShard | None = None
+        self._info: ShardInfo | None = None
+        self._key: tuple[ModelSource, int, int] | None = None
+        self._caches: dict[str, KVCache] = {}
+        self._load_lock = anyio.Lock()
+
+    async def load(self, source: ModelSource, first_layer: int, last_layer: int, n_layers_total: int) -> None:
+        """See :meth:`exo_core.engine.InferenceEngine.load`."""
+        async with self._load_lock:
+            key = (source, first_layer, last_layer)
+            if self._key == key:
+                return
+            config = await anyio.to_thread.run_sync(load_config, source)
+            if config.n_layers != n_layers_total:
+                raise ValueError(
+                    f"plan says {source.model_id} has {n_layers_total} layers "
+                    f"but the model has {config.n_layers}"
+                )
+            config.check_layer_range(first_layer, last_layer)
+            self._shard = None  # release the old shard's memory before reading the new one
+            self._caches.clear()
+            self._info = self._key = None
+            shard = await anyio.to_thread.run_sync(NumpyShard, source, first_layer, last_layer)
+            self._shard, self._key = shard, key
+            self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
+
+    def _check_input(self, shard: NumpyShard, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        cfg = shard.config
+        if shard.is_first:
+            if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(
+                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}"
+                )
+            if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
+                raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
+            return x.astype(np.int64, copy=False)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != cfg.hidden_size:
+            raise ValueError(f"expected hidden states of shape (T, {cfg.hidden_size}), got {x.shape}")
+        if x.dtype not in (np.float32, np.float16):
+            raise ValueError(f"hidden states must be float32 (or float16), got {x.dtype}")
+        return x.astype(np.float32, copy=False)
+
+    async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+        """See :meth:`exo_core.engine.InferenceEngine.forward`."""
+        shard = self._shard
+        if shard is None:
+            raise RuntimeError("the numpy engine has no model loaded; call load() first")
+        x = self._check_input(shard, x)
+        cache = self._caches.get(request_id)
+        if cache is None:
+            limit = shard.config.context_length
+            if self.max_context:
+                limit = min(limit, self.max_context)
+            cache = shard.new_cache(self.initial_cache, limit)
+            self._caches[request_id] = cache
+        return await anyio.to_thread.run_sync(shard.forward, cache, x, all_logits)
+
+    async def free(self, request_id: str) -> None:
+        """See :meth:`exo_core.engine.InferenceEngine.free`."""
+        self._caches.pop(request_id, None)
+
+    def position(self, request_id: str) -> int:
+        """See :meth:`exo_core.engine.InferenceEngine.position`."""
+        cache = self._caches.get(request_id)
+        return 0 if cache is None else cache.pos
+
+    def shard(self) -> ShardInfo | None:
+        """See :meth:`exo_core.engine.InferenceEngine.shard`."""
+        return self._info
+
+    def memory(self) -> MemoryUsage:
+        """See :meth:`exo_core.engine.InferenceEngine.memory`."""
+        weights = self._shard.weights.nbytes() if self._shard is not None else 0
+        return MemoryUsage(weights=weights, kv_cache=sum(c.nbytes for c in list(self._caches.values())))

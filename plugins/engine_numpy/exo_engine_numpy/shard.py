@@ -1,0 +1,169 @@
+"""Loading one shard's weights and running its forward pass (synchronous; the engine calls it in threads)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from exo_core.models.config import ModelConfig
+from exo_core.models.source import ModelSource, ensure_layers, load_config, open_weights
+from exo_core.models.weights import RowLookup, names_for_shard
+from exo_engine_numpy.layers import (
+    F32,
+    LayerWeights,
+    ShardWeights,
+    attention_block,
+    causal_mask,
+    mlp_block,
+    rms_norm,
+    rope_inv_freq,
+    rope_tables,
+)
+
+log = logging.getLogger(__name__)
+
+
+class KVCache:
+    """Preallocated keys and values of one request on one shard, grown by doubling up to ``max_len``."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, initial: int, max_len: int) -> None:
+        self.max_len = max_len
+        cap = max(1, min(initial, max_len))
+        self.k = np.zeros((n_layers, n_kv_heads, cap, head_dim), F32)
+        self.v = np.zeros_like(self.k)
+        self.pos = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by both arrays."""
+        return int(self.k.nbytes + self.v.nbytes)
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more positions (``ValueError`` past the context limit)."""
+        need = self.pos + n
+        if need > self.max_len:
+            raise ValueError(
+                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}"
+            )
+        cap = self.k.shape[2]
+        if need <= cap:
+            return
+        new_cap = min(self.max_len, max(need, 2 * cap))
+        for attr in ("k", "v"):
+            old = getattr(self, attr)
+            grown = np.zeros((*old.shape[:2], new_cap, old.shape[3]), F32)
+            grown[:, :, : self.pos] = old[:, :, : self.pos]
+            setattr(self, attr, grown)
+
+
+def load_shard_weights(source: ModelSource, first: int, last: int) -> ShardWeights:
+    """Read, dequantize and fuse the tensors of layers ``first..last`` (+ embedding/norm/head as needed)."""
+    config = load_config(source)
+    config.check_layer_range(first, last)
+    ensure_layers(source, first, last)
+    reader = open_weights(source)
+    available = reader.names()
+    wanted = set(names_for_shard(config, available, first, last))
+
+    def get(name: str) -> np.ndarray:
+        if name not in wanted:
+            raise ValueError(f"model {source.model_id} lacks tensor {name}")
+        arr = reader.get(name)
+        assert arr.dtype == F32, (name, arr.dtype)
+        return arr
+
+    layers = [_load_layer(get, wanted, config, i) for i in range(first, last + 1)]
+    out = ShardWeights(layers=layers)
+    if last == config.n_layers - 1:
+        out.norm = get("norm")
+        # tied models: the embedding doubles as the output head (one array when this shard holds both)
+        out.lm_head_t = np.ascontiguousarray(get("lm_head" if "lm_head" in wanted else "embed").T)
+    if first == 0:
+        if "lm_head" not in wanted and out.lm_head_t is not None:
+            head = out.lm_head_t
+            out.embed = RowLookup(head.T, lambda rows: rows, (head.shape[1], head.shape[0]))
+            out.embed_shared = True
+        else:
+            out.embed = reader.rows("embed")
+    out.inv_freq = rope_inv_freq(config, reader.get("rope_freqs") if "rope_freqs" in wanted else None)
+    return out
+
+
+def _load_layer(
+    get: Callable[[str], np.ndarray], wanted: set[str], config: ModelConfig, i: int
+) -> LayerWeights:
+    p = f"layers.{i}."
+    qkv = np.concatenate([get(p + "q"), get(p + "k"), get(p + "v")], axis=0)
+    bias = None
+    if p + "q_bias" in wanted:
+        bias = np.concatenate([get(p + "q_bias"), get(p + "k_bias"), get(p + "v_bias")]).astype(F32)
+    return LayerWeights(
+        attn_norm=get(p + "attn_norm"),
+        qkv=qkv,
+        qkv_bias=bias,
+        o=get(p + "o"),
+        ffn_norm=get(p + "ffn_norm"),
+        gate_up=np.concatenate([get(p + "gate"), get(p + "up")], axis=0),
+        down=get(p + "down"),
+    )
+
+
+class NumpyShard:
+    """A loaded shard: weights plus the math to run them over a request's cache."""
+
+    def __init__(self, source: ModelSource, first: int, last: int) -> None:
+        self.source = source
+        self.config = load_config(source)
+        self.first, self.last = first, last
+        started = time.perf_counter()
+        self.weights = load_shard_weights(source, first, last)
+        log.info(
+            "loaded %s layers %d..%d (%.1f MB float32) in %.2f s",
+            source.model_id,
+            first,
+            last,
+            self.weights.nbytes() / 1e6,
+            time.perf_counter() - started,
+        )
+
+    @property
+    def is_first(self) -> bool:
+        return self.first == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.last == self.config.n_layers - 1
+
+    def new_cache(self, initial: int, max_len: int) -> KVCache:
+        """An empty cache for one request."""
+        c = self.config
+        return KVCache(self.last - self.first + 1, c.n_kv_heads, c.head_dim, initial, max_len)
+
+    def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
+        """Run the shard over ``x`` (ids or hidden states) at the cache's next positions."""
+        w, cfg = self.weights, self.config
+        if self.is_first:
+            assert w.embed is not None
+            h = w.embed(x)
+        else:
+            h = np.array(x, dtype=F32, order="C")
+        t = h.shape[0]
+        cache.reserve(t)
+        pos = cache.pos
+        cos, sin = rope_tables(w.inv_freq, pos, t)
+        mask = causal_mask(pos, t)
+        for li, lw in enumerate(w.layers):
+            h = attention_block(h, lw, cfg, cache.k[li], cache.v[li], pos, cos, sin, mask)
+            h = mlp_block(h, lw, cfg)
+        cache.pos = pos + t
+        assert h.dtype == F32, h.dtype
+        if not self.is_last:
+            return h
+        assert w.norm is not None and w.lm_head_t is not None
+        rows = h if all_logits else h[-1:]
+        logits: np.ndarray = rms_norm(rows, w.norm, cfg.rms_norm_eps) @ w.lm_head_t
+        assert logits.dtype == F32, logits.dtype
+        return logits if all_logits else logits[0]

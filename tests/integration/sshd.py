@@ -1,0 +1,149 @@
+"""A real OpenSSH server on 127.0.0.1 and real ``ssh -N -L`` tunnels through it, for tunnel tests.
+
+The server runs as root with its own generated host key, config and authorized key, on a free loopback
+port; nothing touches the system's sshd or ~/.ssh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from exo_core.testing import find_free_ports
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class Sshd:
+    port: int
+    client_key: Path
+    known_hosts: Path
+    workdir: Path
+
+    def ssh_base(self) -> list[str]:
+        return [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.client_key),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "ServerAliveInterval=5",
+            "-F",
+            "/dev/null",
+        ]
+
+    @contextmanager
+    def forward(
+        self, local_port: int, remote_host: str, remote_port: int
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """``ssh -N -L local_port:remote_host:remote_port root@127.0.0.1`` until the block exits."""
+        proc = subprocess.Popen(
+            [
+                *self.ssh_base(),
+                "-N",
+                "-L",
+                f"127.0.0.1:{local_port}:{remote_host}:{remote_port}",
+                "root@127.0.0.1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            _wait_port(local_port, 20, proc)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def sshd_binary() -> str | None:
+    return shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+
+
+@contextmanager
+def running_sshd(workdir: Path) -> Iterator[Sshd]:
+    """Start sshd on a free 127.0.0.1 port; stop it on exit."""
+    binary = sshd_binary()
+    if binary is None:
+        raise RuntimeError("sshd is not installed: run `make test` (bootstrap installs openssh-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = workdir / "host_ed25519", workdir / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+        )
+    authorized = workdir / "authorized_keys"
+    authorized.write_text(client_key.with_suffix(".pub").read_text())
+    authorized.chmod(0o600)
+    (port,) = find_free_ports(1)
+    known_hosts = workdir / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key.with_suffix('.pub').read_text()}")
+    config = workdir / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {authorized}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "AllowTcpForwarding yes",
+                "StrictModes no",
+                "UsePAM no",
+                f"PidFile {workdir / 'sshd.pid'}",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir sshd insists on
+    proc = subprocess.Popen(
+        [binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_port(port, 20, proc)
+        yield Sshd(port, client_key, known_hosts, workdir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

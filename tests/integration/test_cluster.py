@@ -1,0 +1,192 @@
+"""Real clusters of ``exo`` processes on loopback serving the default model.
+
+Greedy answers of 2- and 3-node rings must equal a single node's token for token, whichever node gets
+the HTTP request; concurrent streams must not cross; a killed node must end its streams with an explicit
+error within seconds while the survivor keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exo_core.nodeproc import NodeProcess, peers_file
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Why is the sky blue?",
+    "Say hello in Spanish.",
+    "What is 2 + 2?",
+    "Name a famous painter.",
+    "Describe a cat in one sentence.",
+]
+
+Start = Callable[..., NodeProcess]
+
+
+def no_peers(tmp_path: Path, name: str) -> list[str]:
+    return [
+        "--discovery-module",
+        "manual",
+        "--discovery-config-path",
+        str(peers_file(tmp_path / f"{name}.json", {})),
+    ]
+
+
+def greedy(node: NodeProcess, prompt: str, max_tokens: int = 20) -> list[str]:
+    """The tokens of a greedy chat completion, as the API reports them in logprobs."""
+    out = node.post(
+        "/v1/chat/completions",
+        {
+            "model": "smollm2-135m",
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "logprobs": True,
+        },
+    )
+    return [t["token"] for t in out["choices"][0]["logprobs"]["content"]]
+
+
+def stream(
+    node: NodeProcess,
+    prompt: str,
+    max_tokens: int,
+    on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float = 120,
+) -> tuple[str, dict[str, Any] | None]:
+    """Stream a greedy chat completion; returns (text, error event or None)."""
+    body = {
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    req = urllib.request.Request(
+        node.api + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+    )
+    text, error = "", None
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                error = chunk["error"]
+                break
+            if on_chunk is not None:
+                on_chunk(chunk)
+            for choice in chunk.get("choices", []):
+                text += choice.get("delta", {}).get("content") or ""
+    return text, error
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
+    """Greedy answers of one node alone: the ground truth for every cluster test."""
+    tmp = tmp_path_factory.mktemp("single")
+    node = NodeProcess(tmp / "solo", args=no_peers(tmp, "solo")).start()
+    try:
+        yield {p: greedy(node, p) for p in PROMPTS}
+    finally:
+        node.stop()
+
+
+def plan_nodes(node: NodeProcess) -> list[str]:
+    plan = node.get("/v1/topology")["plan"]
+    return [s["node_id"] for s in plan["shards"]]
+
+
+def test_two_nodes_direct_match_single_node(
+    exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
+) -> None:
+    remote = exo_node(*no_peers(tmp_path, "remote"))
+    local = exo_node(
+        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
+    )
+    local.wait_for_nodes(2)
+    remote.wait_for_nodes(2)  # the remote learns the local node from the inbound connection alone
+    for api_node in (local, remote):
+        for prompt in PROMPTS[:2]:
+            assert greedy(api_node, prompt) == reference[prompt]
+        assert sorted(plan_nodes(api_node)) == sorted([local.node_id, remote.node_id])
+
+
+def test_three_nodes_manual_match_single_node(
+    exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
+) -> None:
+    b = exo_node(*no_peers(tmp_path, "b"))
+    c = exo_node(*no_peers(tmp_path, "c"))
+    peers = peers_file(tmp_path / "peers.json", {"remote-node-1": b.address, "remote-node-2": c.address})
+    a = exo_node("--discovery-module", "manual", "--discovery-config-path", str(peers))
+    for node in (a, b, c):
+        node.wait_for_nodes(3)
+    for api_node in (a, b, c):
+        prompt = PROMPTS[2]
+        assert greedy(api_node, prompt) == reference[prompt]
+        assert len(plan_nodes(api_node)) == 3
+    shards = {
+        s["node_id"]: (s["first_layer"], s["last_layer"]) for s in a.get("/v1/topology")["plan"]["shards"]
+    }
+    assert sorted(shards.values())[0][0] == 0 and sorted(shards.values())[-1][1] == 29
+
+
+def test_eight_concurrent_streams_on_two_nodes(
+    exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
+) -> None:
+    remote = exo_node(*no_peers(tmp_path, "remote"))
+    local = exo_node(
+        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
+    )
+    local.wait_for_nodes(2)
+    alone = {p: "".join(reference[p]) for p in PROMPTS}
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        results = list(pool.map(lambda p: stream(local, p, 20), PROMPTS))
+    for prompt, (text, error) in zip(PROMPTS, results, strict=True):
+        assert error is None
+        assert text == alone[prompt], prompt
+
+
+def test_killed_node_ends_stream_with_error_and_survivor_serves(
+    exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
+) -> None:
+    remote = exo_node(*no_peers(tmp_path, "remote"))
+    local = exo_node(
+        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
+    )
+    local.wait_for_nodes(2)
+    chunks: list[float] = []
+
+    def on_chunk(chunk: dict[str, Any]) -> None:
+        chunks.append(time.monotonic())
+        if len(chunks) == 5:
+            remote.kill()
+
+    started = time.monotonic()
+    text, error = stream(local, "Write a very long story about a dragon and a knight.", 2000, on_chunk)
+    assert len(chunks) >= 5, "the stream ended before the node was killed"
+    assert error is not None, f"the stream ended without an error: {text!r}"
+    assert time.monotonic() - chunks[4] < 10, "the error took more than 10 s"
+    assert remote.node_id in error["message"]
+    assert time.monotonic() - started < 120
+    # the survivor re-plans over itself and keeps serving
+    deadline = time.monotonic() + 10
+    while len(local.get("/v1/topology")["nodes"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert greedy(local, PROMPTS[0]) == reference[PROMPTS[0]]
+    assert plan_nodes(local) == [local.node_id]
