@@ -13,7 +13,7 @@ want_test=0
 
 debs=()
 if [ "$want_test" = 1 ]; then
-  debs+=(openssh-server openssh-client chromium chromium-driver iproute2 procps)
+  debs+=(openssh-server openssh-client chromium iproute2 procps libopenblas0-pthread)
 fi
 missing=()
 for pkg in "${debs[@]}"; do

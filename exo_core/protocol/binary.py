@@ -228,11 +228,14 @@ class Reader:
     def str8(self, what: str = "str8") -> str:
         pos, mv = self.pos, self._mv
         if pos >= self._end:
-            raise ProtocolError(ErrorCode.MALFORMED, f"{what}: needs 1 bytes at offset {pos}, payload has {self._end}")
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"{what}: needs 1 bytes at offset {pos}, payload has {self._end}"
+            )
         end = pos + 1 + mv[pos]
         if end > self._end:
             raise ProtocolError(
-                ErrorCode.MALFORMED, f"{what}: needs {mv[pos]} bytes at offset {pos + 1}, payload has {self._end}"
+                ErrorCode.MALFORMED,
+                f"{what}: needs {mv[pos]} bytes at offset {pos + 1}, payload has {self._end}",
             )
         self.pos = end
         try:

@@ -53,9 +53,16 @@ FRAG_LAST: Final = 0x02
 FRAG_HEAD: Final = struct.Struct(">IB")  # stream id, flags
 FRAG_FIRST_HEAD: Final = struct.Struct(">BI")  # inner type, total length (only on the first fragment)
 
-#: Payloads at least this large get an anonymous memory map instead of a bytearray: the kernel supplies
-#: zeroed pages lazily as data arrives, so a 64 MiB buffer costs no up-front memset on the event loop.
+#: Payloads at least this large get a private anonymous memory map instead of a bytearray: the kernel
+#: supplies zeroed pages lazily as data arrives (no up-front memset on the event loop), in transparent huge
+#: pages where the OS offers them (512 times fewer page faults than 4 KiB pages: a 64 MiB tensor would
+#: otherwise take 16,384 faults while it is received). A *shared* map would be shmem-backed and fault
+#: three times slower.
 MMAP_THRESHOLD: Final = 1 << 20
+_MAP_FLAGS: Final = getattr(mmap, "MAP_PRIVATE", 0) | getattr(
+    mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0)
+)
+_HUGEPAGE: Final = getattr(mmap, "MADV_HUGEPAGE", None)
 
 _FRAG_PEEK: Final = HEADER_SIZE + FRAG_HEAD.size + FRAG_FIRST_HEAD.size
 
@@ -66,7 +73,13 @@ MAX_STREAMS: Final = 64
 def alloc(size: int) -> bytearray | memoryview:
     """A writable buffer of ``size`` bytes (see :data:`MMAP_THRESHOLD`)."""
     if size >= MMAP_THRESHOLD:
-        return memoryview(mmap.mmap(-1, size))
+        m = mmap.mmap(-1, size, flags=_MAP_FLAGS) if _MAP_FLAGS else mmap.mmap(-1, size)
+        if _HUGEPAGE is not None:
+            try:
+                m.madvise(_HUGEPAGE)
+            except OSError:  # transparent huge pages disabled: 4 KiB pages then
+                pass
+        return memoryview(m)
     return bytearray(size)
 
 
@@ -94,33 +107,57 @@ def fragments(
     """Cut one message (given as buffers, e.g. header bytes + a tensor's memoryview) into ``FRAGMENT`` frames.
 
     Yields the buffers of each fragment frame (header, fragment header, then views into ``parts``: no copy
-    of the data). Each fragment carries at most ``chunk_size`` data bytes.
+    of the data). Each fragment carries at most ``chunk_size`` data bytes. See :class:`Fragmenter` for
+    fragments whose size is chosen one at a time.
     """
-    views = [memoryview(p).cast("B") if memoryview(p).format != "B" else memoryview(p) for p in parts]
-    total = sum(len(v) for v in views)
-    sent = 0
-    idx, off = 0, 0
-    first = True
-    while first or sent < total:
-        want = min(chunk_size, total - sent)
+    cutter = Fragmenter(frame_type, parts, stream_id)
+    while (frame := cutter.next(chunk_size)) is not None:
+        yield frame
+
+
+class Fragmenter:
+    """Cuts one message into ``FRAGMENT`` frames, each as large as the caller asks when it asks.
+
+    Args:
+        frame_type: the message's type (declared in the first fragment).
+        parts: the message payload as buffers (not copied: fragments are views into them).
+        stream_id: the sender's id for this message on its connection.
+    """
+
+    def __init__(self, frame_type: int, parts: Sequence[Buffer], stream_id: int) -> None:
+        self.frame_type = frame_type
+        self.stream_id = stream_id
+        views = [memoryview(p) for p in parts]
+        self._views = [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in views]
+        self.total = sum(len(v) for v in self._views)
+        self.sent = 0
+        self._idx = 0
+        self._off = 0
+        self._first = True
+
+    def next(self, chunk_size: int) -> list[Buffer] | None:
+        """The buffers of the next fragment frame (at most ``chunk_size`` data bytes), ``None`` when done."""
+        if not self._first and self.sent >= self.total:
+            return None
+        want = min(chunk_size, self.total - self.sent)
         chunk: list[Buffer] = []
         got = 0
         while got < want:
-            v = views[idx]
-            take = min(want - got, len(v) - off)
+            v = self._views[self._idx]
+            take = min(want - got, len(v) - self._off)
             if take:
-                chunk.append(v[off : off + take])
+                chunk.append(v[self._off : self._off + take])
             got += take
-            off += take
-            if off == len(v):
-                idx, off = idx + 1, 0
-        sent += want
-        flags = (FRAG_FIRST if first else 0) | (FRAG_LAST if sent == total else 0)
-        head = FRAG_HEAD.pack(stream_id, flags)
-        if first:
-            head += FRAG_FIRST_HEAD.pack(frame_type, total)
-        yield [frame_header(FrameType.FRAGMENT, len(head) + want), head, *chunk]
-        first = False
+            self._off += take
+            if self._off == len(v):
+                self._idx, self._off = self._idx + 1, 0
+        self.sent += want
+        flags = (FRAG_FIRST if self._first else 0) | (FRAG_LAST if self.sent == self.total else 0)
+        head = FRAG_HEAD.pack(self.stream_id, flags)
+        if self._first:
+            head += FRAG_FIRST_HEAD.pack(self.frame_type, self.total)
+            self._first = False
+        return [frame_header(FrameType.FRAGMENT, len(head) + want), head, *chunk]
 
 
 @dataclass(slots=True)
@@ -161,6 +198,11 @@ class FrameParser:
     def in_frame(self) -> bool:
         """True while part of a frame has been received but not all of it (for slow-sender deadlines)."""
         return self._target is not None or self._end > self._start
+
+    @property
+    def direct_remaining(self) -> int:
+        """Bytes still to be read straight into a payload buffer before the next header (0 if none)."""
+        return self._tend - self._tpos if self._target is not None else 0
 
     @property
     def in_message(self) -> bool:

@@ -161,7 +161,7 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
 
 
 def _ctx_end(mv: memoryview, pos: int) -> int:
-    """Offset just past an encoded :class:`RequestContext` starting at ``pos``, or -1 if it runs past the end."""
+    """Offset just past the encoded :class:`RequestContext` at ``pos``; -1 if it runs past the end."""
     try:
         pos += 1 + mv[pos]  # request_id
         pos += 1 + mv[pos]  # origin

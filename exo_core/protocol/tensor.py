@@ -109,8 +109,9 @@ def write_tensor_header(w: Writer, t: Tensor) -> None:
         raise ValueError(f"tensor byte order must be '<' or '>', got {t.byteorder!r}")
     if len(t.shape) > MAX_NDIM:
         raise ValueError(f"tensor has {len(t.shape)} dimensions, at most {MAX_NDIM} are allowed")
-    if memoryview(t.data).nbytes != t.nbytes:
-        raise ValueError(f"tensor data is {memoryview(t.data).nbytes} bytes, shape {t.shape} needs {t.nbytes}")
+    size = memoryview(t.data).nbytes
+    if size != t.nbytes:
+        raise ValueError(f"tensor data is {size} bytes, shape {t.shape} needs {t.nbytes}")
     w.pack(_HEAD, code, 0 if t.byteorder == "<" else 1, len(t.shape))
     w.pack(_SHAPES[len(t.shape)], *t.shape)
 

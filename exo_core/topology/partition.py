@@ -69,24 +69,21 @@ def _connected_pairs(order: Sequence[str], edges: frozenset[frozenset[str]]) -> 
 def ring_order(nodes: Sequence[NodeResources], edges: frozenset[frozenset[str]]) -> list[str]:
     """Memory order (largest first, then node id), rearranged to maximize directly connected neighbours.
 
-    Among orders with the most connected consecutive pairs (the ring closes from last to first), the one
-    closest to memory order (lexicographically by rank) wins, and the largest node always leads.
+    Among orders with the most directly connected hidden-state hops (then a direct wrap-around hop), the
+    one closest to memory order (lexicographically by rank) wins.
     """
     ranked = [n.node_id for n in sorted(nodes, key=lambda n: (-n.memory_mb, n.node_id))]
     if len(ranked) <= 2:
         return ranked
-    head, rest = ranked[0], ranked[1:]
     if len(ranked) <= _EXHAUSTIVE_MAX:
-        best = ranked
-        best_score = _connected_pairs(ranked, edges)
-        for perm in itertools.permutations(rest):  # lexicographic in rank order: first best wins
-            order = [head, *perm]
-            score = _connected_pairs(order, edges)
+        best, best_score = ranked, _connected_pairs(ranked, edges)
+        for perm in itertools.permutations(ranked):  # lexicographic in rank order: the first best wins
+            score = _connected_pairs(perm, edges)
             if score > best_score:
-                best, best_score = order, score
+                best, best_score = list(perm), score
         return best
-    # greedy: from the head, step to the highest-ranked unvisited node that is directly connected
-    order, left = [head], list(rest)
+    # greedy: from the largest node, step to the highest-ranked unvisited node that is directly connected
+    order, left = [ranked[0]], ranked[1:]
     while left:
         nxt = next((c for c in left if frozenset((order[-1], c)) in edges), left[0])
         order.append(nxt)

@@ -18,9 +18,11 @@ import asyncio
 import itertools
 import logging
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import anyio
 from anyio import CancelScope
@@ -28,21 +30,29 @@ from anyio import CancelScope
 from exo_core.protocol.codec import Encoded, encode_bytes
 from exo_core.protocol.control import Ping
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import Buffer, Frame, FrameParser, fragments
+from exo_core.protocol.frame import Buffer, Fragmenter, Frame, FrameParser
 from exo_core.transport.errors import ConnectionClosedError
+from exo_core.transport.pacing import FragmentPacer
 from exo_core.transport.settings import TransportSettings
 
 log = logging.getLogger("exo_core.transport")
 
 _IOV_MAX = 512
 _KEEPALIVE = encode_bytes(Ping(0))
-#: recv calls per readiness callback: bounds how long one busy connection holds the event loop.
+#: recv calls and bytes per readiness callback: bound how long one busy connection holds the event loop.
 _READS_PER_WAKE = 16
+_BYTES_PER_WAKE = 4 << 20
+#: While a large payload is being received, the socket reports readable only once this much of it (or all
+#: that is left of it) has arrived: fewer, larger reads and far fewer wake-ups. Nothing else can arrive
+#: before those bytes (TCP is ordered), so no small frame is held up. Linux only (epoll honours it).
+_LOWAT = 1 << 20
+_LOWAT_MIN = 64 << 10
+_USE_LOWAT = sys.platform == "linux" and hasattr(socket, "SO_RCVLOWAT")
 
 
 @dataclass(eq=False)
 class _Bulk:
-    frags: object  # iterator of fragment buffer lists
+    frags: Fragmenter
     done: anyio.Event = field(default_factory=anyio.Event)
     queued_last: bool = False
 
@@ -84,6 +94,7 @@ class Connection:
         self._wake = anyio.Event()
         self._drained = anyio.Event()
         self._stream_ids = itertools.count(1)
+        self._pacer = FragmentPacer(settings.fragment_size, settings.max_fragment_size)
         self._clock = clock()
         now = self._clock()
         self._last_recv = now
@@ -94,6 +105,7 @@ class Connection:
         self._deliver: Callable[[Frame], None] | None = None
         self._read_error: Exception | None = None
         self._pumping = anyio.Event()
+        self._lowat = 1
 
     # ---- writing -------------------------------------------------------------------------------------
 
@@ -145,7 +157,7 @@ class Connection:
         """Send one payload as ``FRAGMENT`` frames, interleaved with other traffic."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.label} is closed ({self.error or 'closed'})")
-        bulk = _Bulk(fragments(frame_type, payload, next(self._stream_ids), self.settings.fragment_size))
+        bulk = _Bulk(Fragmenter(frame_type, payload, next(self._stream_ids)))
         self._bulk.append(bulk)
         self._wake.set()
         await bulk.done.wait()
@@ -178,25 +190,31 @@ class Connection:
 
     async def _write_loop(self) -> None:
         s = self.settings
+        pacer = self._pacer
         while True:
             if self._inflight:
                 self._flush_some()
                 if self._inflight:
+                    if pacer.busy:
+                        pacer.waited()
                     with anyio.fail_after(s.write_timeout):
                         await anyio.wait_writable(self.sock)
                 continue
+            if pacer.busy:
+                pacer.finished(self._clock())
             for b in self._finishing:
                 b.done.set()
             self._finishing.clear()
             if self._bulk:
                 bulk = self._bulk[0]
-                parts = next(bulk.frags, None)  # type: ignore[call-overload]
+                parts = bulk.frags.next(pacer.size)
                 if parts is None:
                     self._bulk.popleft()
                     bulk.queued_last = True
                     self._finishing.append(bulk)
                 else:
                     self._inflight.extend(memoryview(p).cast("B") for p in parts)
+                    pacer.started(self._clock())
                     self._bulk.rotate(-1)  # round-robin between large messages
                 continue
             self._drained.set()
@@ -230,7 +248,7 @@ class Connection:
             self._received(n)
         return self._frames.popleft()
 
-    async def pump(self, deliver: Callable[[Frame], None]) -> None:
+    async def pump(self, deliver: Callable[[Frame], None]) -> NoReturn:
         """Read frames until the connection ends, handing each to ``deliver`` as soon as it is complete.
 
         ``deliver`` runs synchronously on the reading path (it must not block; it starts tasks for real
@@ -266,6 +284,8 @@ class Connection:
         finally:
             self._deliver = None
             loop.remove_reader(fd)
+            if self._lowat != 1:
+                self._set_lowat(0)
 
     def _on_readable(self) -> None:
         """Readiness callback of :meth:`pump`: read what is there (bounded, for fairness) and deliver it."""
@@ -273,23 +293,37 @@ class Connection:
         if deliver is None or self._read_error is not None:
             return
         sock, parser, frames = self.sock, self.parser, self._frames
+        budget = _BYTES_PER_WAKE
         try:
             for _ in range(_READS_PER_WAKE):
                 try:
                     n = sock.recv_into(parser.buffer())
                 except (BlockingIOError, InterruptedError):
-                    return
+                    break
                 except OSError as exc:
                     raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
                 self._received(n)
+                budget -= n
                 while frames:
                     deliver(frames.popleft())
-                if self._deliver is None:  # deliver closed the connection
-                    return
+                if self._deliver is None or budget <= 0:  # closed by deliver, or others' turn
+                    break
         except Exception as exc:  # handed to the pumping task, which raises it
             self._read_error = exc
             self._deliver = None
             self._pumping.set()
+            return
+        if _USE_LOWAT:  # always from what is left now: a stale mark could wait for bytes never sent
+            self._set_lowat(parser.direct_remaining)
+
+    def _set_lowat(self, remaining: int) -> None:
+        want = min(remaining, _LOWAT) if remaining >= _LOWAT_MIN else 1
+        if want != self._lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            except OSError:
+                return
+            self._lowat = want
 
     def _received(self, n: int) -> None:
         """Account for ``n`` bytes read into the parser's buffer (0: the peer closed)."""

@@ -210,14 +210,14 @@ def run_ping_cli(target: str, *, core: CoreSettings, count: int = 3, timeout: fl
     try:
         host, port = parse_address(target)
     except ValueError as exc:
-        print(f"exo ping: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"exo ping: {exc}", file=sys.stderr)
         return 2
     key = core.cluster_key.get_secret_value() if core.cluster_key else None
     logging.getLogger("exo_core.transport").setLevel(logging.ERROR)  # the diagnosis below says it all
     try:
         result = anyio.run(lambda: ping(host, port, cluster_key=key, count=count, timeout=timeout))
     except PingError as exc:
-        print(f"exo ping: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"exo ping: {exc}", file=sys.stderr)
         return 1
-    print(format_ping(result))  # noqa: T201
+    print(format_ping(result))
     return 0

@@ -20,6 +20,7 @@ tensor. When a peer's last connection closes, its pending requests fail at once 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -54,6 +55,7 @@ from exo_core.transport.links import Link, PeerTable
 from exo_core.transport.settings import TransportSettings
 from exo_core.transport.sock import connect, format_address, is_loopback, listen, tune
 from exo_core.transport.types import Handler, Incoming, PeerEvent, PeerInfo, PeerListener, RelayHandler
+from exo_core.transport.workers import TaskPool
 
 log = logging.getLogger("exo_core.transport")
 
@@ -113,6 +115,8 @@ class TcpTransport:
         self._keeps: dict[tuple[str, int], _Keep] = {}
         self._tg: TaskGroup | None = None
         self._connections = 0
+        self._pool = TaskPool()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_context(
@@ -208,6 +212,10 @@ class TcpTransport:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                try:
+                    self._loop = asyncio.get_running_loop()
+                except RuntimeError:  # not asyncio
+                    self._loop = None
                 for s in socks:
                     tg.start_soon(self._accept_loop, s)
                 task_status.started()
@@ -365,7 +373,7 @@ class TcpTransport:
             if env.wants_reply:
                 self._send_error(link, env, ErrorCode.NO_HANDLER, f"this node does not handle {ftype.name}")
             return
-        self._task_group().start_soon(self._run_handler, handler, link, incoming)
+        self._pool.submit(self._task_group(), self._run_handler, handler, link, incoming)
 
     def _incoming_for_other(self, link: Link, env: Envelope, msg: object, frame: Frame) -> None:
         if self._relay is None:
@@ -374,7 +382,7 @@ class TcpTransport:
                 self._send_error(link, env, ErrorCode.NO_ROUTE, f"no route to {env.dst}")
             return
         incoming = Incoming(link.info, env, msg, frame.type, frame.payload)  # type: ignore[arg-type]
-        self._task_group().start_soon(self._run_relay, self._relay, incoming)
+        self._pool.submit(self._task_group(), self._run_relay, self._relay, incoming)
 
     async def _run_relay(self, relay: RelayHandler, incoming: Incoming) -> None:
         try:
@@ -458,10 +466,20 @@ class TcpTransport:
         self._pending[corr] = pending
         limit = self.settings.request_timeout if timeout is None else timeout
         try:
-            with anyio.move_on_after(limit):
-                env = Envelope(self.node_id, dst or peer_id, corr, wants_reply=True, ttl=ttl)
-                await self._conn(peer_id).send(encode(msg, env))
-                await pending.event.wait()
+            encoded = encode(msg, Envelope(self.node_id, dst or peer_id, corr, wants_reply=True, ttl=ttl))
+            conn = self._conn(peer_id)
+            if encoded.payload_size <= self.settings.fragment_size and self._loop is not None:
+                # Small request: written at once; a timer instead of a cancel scope bounds the wait.
+                conn.send_nowait(encoded.parts)
+                timer = self._loop.call_later(limit, pending.event.set)
+                try:
+                    await pending.event.wait()
+                finally:
+                    timer.cancel()
+            else:
+                with anyio.move_on_after(limit):
+                    await conn.send(encoded)
+                    await pending.event.wait()
         finally:
             del self._pending[corr]
         if pending.error is not None:

@@ -65,4 +65,5 @@ class TaskPool:
             finally:
                 if slot.job is None:  # cancelled while idle
                     self._idle.remove(slot)
+            assert slot.job is not None
             job, args = slot.job, slot.args

@@ -67,17 +67,18 @@ class Sshd:
         self, local_port: int, remote_host: str, remote_port: int
     ) -> Iterator[subprocess.Popen[bytes]]:
         """``ssh -N -L local_port:remote_host:remote_port root@127.0.0.1`` until the block exits."""
-        proc = subprocess.Popen(
-            [
-                *self.ssh_base(),
-                "-N",
-                "-L",
-                f"127.0.0.1:{local_port}:{remote_host}:{remote_port}",
-                "root@127.0.0.1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with (self.workdir / f"ssh-{local_port}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [
+                    *self.ssh_base(),
+                    "-N",
+                    "-L",
+                    f"127.0.0.1:{local_port}:{remote_host}:{remote_port}",
+                    "root@127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         try:
             _wait_port(local_port, 20, proc)
             yield proc
@@ -134,9 +135,10 @@ def running_sshd(workdir: Path) -> Iterator[Sshd]:
         + "\n"
     )
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation dir sshd insists on
-    proc = subprocess.Popen(
-        [binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with (workdir / "sshd.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log
+        )
     try:
         _wait_port(port, 20, proc)
         yield Sshd(port, client_key, known_hosts, workdir)

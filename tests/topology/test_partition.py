@@ -91,3 +91,9 @@ def test_random_topologies_always_cover_every_layer() -> None:
         plan = ring.plan(nodes, e, layers)
         assert covers(plan, layers)
         assert plan == ring.plan(list(reversed(nodes)), e, layers)
+
+
+def test_relay_node_sits_in_the_middle_even_when_it_would_lead() -> None:
+    # equal memory: "a" ranks first, but only a middle position makes every hidden-state hop direct
+    nodes = [NodeResources("a", 1000), NodeResources("b", 1000), NodeResources("c", 1000)]
+    assert ring_order(nodes, edges(("a", "b"), ("a", "c"))) == ["b", "a", "c"]

@@ -51,3 +51,28 @@ async def test_ping_answered_while_64mb_tensor_streams() -> None:
     np.testing.assert_array_equal(received[0], arr)
     assert len(rtts) >= 4, rtts
     assert max(rtts) < 0.05, f"PING took {max(rtts) * 1e3:.1f} ms during the transfer"
+
+
+async def test_odd_sized_large_messages_arrive_intact_back_to_back() -> None:
+    """Sizes that end mid-fragment and mid-read (the receiver's low-water mark must never wait for more)."""
+    a, b = make("a", fragment_size=64 * 1024, max_fragment_size=1 << 20), make("b")
+    got: list[np.ndarray] = []
+
+    async def on_tensor(incoming: Incoming) -> RoutedMessage | None:
+        assert isinstance(incoming.message, TensorMessage)
+        got.append(incoming.message.tensor.to_numpy().copy())
+        return None
+
+    b.on(FrameType.TENSOR, on_tensor)
+    rng = np.random.default_rng(7)
+    sizes = [3 * 1024 * 1024 + 1, 65 * 1024 + 3, 1_500_001, 2 * 1024 * 1024 - 5, 300_007]
+    arrays = [rng.integers(0, 255, n, dtype=np.uint8) for n in sizes]
+    ctx = RequestContext("odd", "a", "m", (Stage("b", 0, 0),))
+    async with running(a, b):
+        await a.dial("127.0.0.1", b.port)
+        for arr in arrays:
+            await a.send("b", TensorMessage(ctx, 0, 0, Tensor.from_numpy(arr)))
+        await wait_until(lambda: len(got) == len(arrays), within=10)
+        assert isinstance(await a.request("b", Ping(), timeout=2), Pong)
+    for sent, received in zip(arrays, got, strict=True):
+        np.testing.assert_array_equal(sent, received)

@@ -4,10 +4,10 @@ The Linux ``mlx[cpu]`` wheel links its dense matmul (``cblas_sgemm``) against a 
 reference netlib BLAS (``mlx_cpu.libs/libblas-*.so``): single-threaded and unblocked, ~5 GFLOP/s. Debian's
 ``libopenblas0-pthread`` exports the same ABI and runs ~30x faster. Two ways to make MLX use it:
 
-* in-process (what :func:`preload_openblas` does): ``dlopen`` OpenBLAS with ``RTLD_GLOBAL`` *before* the first
-  ``import mlx.core``. The dynamic linker then binds libmlx's undefined ``cblas_*``/LAPACK symbols to the first
-  global definition, OpenBLAS, instead of the bundled library. After ``mlx.core`` is imported it is too late
-  (its symbols are bound at load time), and nothing re-executes the process to fix that;
+* in-process (what :func:`preload_openblas` does): ``dlopen`` OpenBLAS with ``RTLD_GLOBAL`` *before* the
+  first ``import mlx.core``. The dynamic linker then binds libmlx's undefined ``cblas_*``/LAPACK symbols to
+  the first global definition, OpenBLAS, instead of the bundled library. After ``mlx.core`` is imported it is
+  too late (its symbols are bound at load time), and nothing re-executes the process to fix that;
 * for the whole process tree: ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0``.
 
 NumPy's own OpenBLAS cannot serve: its symbols carry a suffix (``scipy_cblas_sgemm64_``), so it never
@@ -46,8 +46,9 @@ def fix_command() -> str:
     """The commands that give MLX a fast BLAS on Debian/Ubuntu (for logs and docs)."""
     return (
         "apt-get install libopenblas0-pthread, then start exo with "
-        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 (or let the mlx engine load it: "
-        "EXO_ENGINE_MLX_BLAS=auto, the default, works when nothing imported mlx before the engine)"
+        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 "
+        "(or let the mlx engine load it: EXO_ENGINE_MLX_BLAS=auto, the default, works when nothing "
+        "imported mlx before the engine)"
     )
 
 

@@ -93,7 +93,8 @@ class MlxEngine:
             config = await anyio.to_thread.run_sync(load_config, source)
             if config.n_layers != n_layers_total:
                 raise ValueError(
-                    f"plan says {source.model_id} has {n_layers_total} layers but the model has {config.n_layers}"
+                    f"plan says {source.model_id} has {n_layers_total} layers "
+                    f"but the model has {config.n_layers}"
                 )
             config.check_layer_range(first_layer, last_layer)
             self._model = None  # release the old shard's memory before reading the new one
@@ -119,7 +120,8 @@ class MlxEngine:
         cfg = model.config
         if model.is_first:
             if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}")
+                raise ValueError(
+                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}")
             if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
                 raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
             return x.astype(np.int32, copy=False)

@@ -2,8 +2,9 @@
 
 Activations are float32 ``(T, hidden)``. q/k rows are in Hugging Face order (the shared readers un-permute
 GGUF), so RoPE is rotate-half (``mx.fast.rope(..., traditional=False)``). The MLP half of each block has fixed
-shapes for a given ``T`` and is ``mx.compile``d for decode (fusing norm, SiLU and the gating product); the attention half depends on the
-cache length and runs eagerly, and so do prompts (a compiled graph is specialised to one input shape).
+shapes for a given ``T`` and is ``mx.compile``d for decode (fusing norm, SiLU and the gating product); the
+attention half depends on the cache length and runs eagerly, and so do prompts (a compiled graph is
+specialised to one input shape).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class KVCache:
 
         need = self.pos + n
         if need > self.max_len:
-            raise ValueError(f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}")
+            raise ValueError(
+                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}")
         if need <= self.capacity:
             return
         new_cap = min(self.max_len, -(-need // self.step) * self.step)
@@ -73,7 +75,8 @@ def _mlp(h: mx.array, norm: mx.array, block: Block, eps: float) -> mx.array:
 
 
 class ShardModel:
-    """Runs a :class:`ShardParams` over a request's :class:`KVCache` (synchronous; call it in a worker thread)."""
+    """Runs a :class:`ShardParams` over a request's :class:`KVCache` (synchronous: call it in a worker
+    thread)."""
 
     def __init__(self, config: ModelConfig, params: ShardParams, *, is_first: bool, is_last: bool,
                  compile: bool = True) -> None:
@@ -91,7 +94,7 @@ class ShardModel:
         for i in range(len(params.blocks)):
             fn = (lambda h, n, i=i: mlp(h, n, i))  # noqa: E731 - one closure per block, captured weights
             self._mlps.append(mx.compile(fn) if compile else fn)
-        self._eager_mlps = [(lambda h, n, i=i: mlp(h, n, i)) for i in range(len(params.blocks))]  # noqa: E731
+        self._eager_mlps = [(lambda h, n, i=i: mlp(h, n, i)) for i in range(len(params.blocks))]
 
     def new_cache(self, step: int, max_len: int) -> KVCache:
         """An empty cache for one request."""

@@ -35,7 +35,7 @@ class MlxEngineSettings(BaseSettings):
     blas: Literal["auto", "bundled"] = Field(
         "auto", description="Linux CPU: auto loads a system OpenBLAS before MLX (fast dense matmul); "
         "bundled keeps the wheel's reference BLAS")
-    blas_path: str = Field("", description="OpenBLAS library to load instead of the known Debian/Ubuntu paths")
+    blas_path: str = Field("", description="OpenBLAS to load instead of the known Debian/Ubuntu paths")
     max_context: int = Field(0, ge=0, description="max positions per request (0: the model's context length)")
     cache_step: int = Field(256, ge=1, description="the KV cache grows in steps of this many positions")
     compile: bool = Field(True, description="mx.compile the fixed-shape parts of each block")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -80,7 +80,8 @@ class Block:
     @property
     def nbytes(self) -> int:
         arrays = [self.attn_norm, self.ffn_norm, *([self.qkv_bias] if self.qkv_bias is not None else [])]
-        return sum(int(a.nbytes) for a in arrays) + sum(m.nbytes for m in (self.qkv, self.o, self.gate_up, self.down))
+        linears = (self.qkv, self.o, self.gate_up, self.down)
+        return sum(int(a.nbytes) for a in arrays) + sum(m.nbytes for m in linears)
 
 
 @dataclass
@@ -196,7 +197,8 @@ class _Loader:
             for group in (32, 64, 128):
                 if in_features % group == 0:
                     return QuantSpec(spec.bits if spec.bits in (2, 3, 4, 5, 6, 8) else 8, group)
-            raise ValueError(f"{name}: rows of {in_features} values cannot be quantized by MLX (groups 32/64/128)")
+            raise ValueError(
+                f"{name}: rows of {in_features} values cannot be quantized by MLX (groups 32/64/128)")
         return spec
 
     def block(self, i: int) -> Block:
@@ -205,7 +207,7 @@ class _Loader:
         if p + "q_bias" in self.wanted:
             import mlx.core as mx
 
-            bias = mx.array(np.concatenate([self.get(p + "q_bias"), self.get(p + "k_bias"), self.get(p + "v_bias")]))
+            bias = mx.array(np.concatenate([self.get(p + part) for part in ("q_bias", "k_bias", "v_bias")]))
         return Block(
             attn_norm=self.vector(p + "attn_norm"),
             qkv=self.linear([p + "q", p + "k", p + "v"]),
@@ -221,7 +223,8 @@ def load_params(source: ModelSource, first: int, last: int, representation: Repr
                 on_block: Callable[[], None] | None = None) -> ShardParams:
     """Read layers ``first..last`` (+ embedding / final norm / head when first / last) into MLX arrays.
 
-    ``on_block`` runs after each block (the caller evaluates there, so peak memory stays one block of float32).
+    Each block is evaluated as soon as it is built, so peak memory stays one block of float32 above the
+    result; ``on_block`` runs after each.
     """
     import mlx.core as mx
 

@@ -1,0 +1,43 @@
+"""Fragment sizes follow the link: grow only on proven fast drains, shrink at once on slow ones."""
+
+from __future__ import annotations
+
+from exo_core.transport.pacing import TARGET_SECONDS, FragmentPacer
+
+
+def _fragment(p: FragmentPacer, seconds: float, *, waited: bool) -> int:
+    p.started(100.0)
+    if waited:
+        p.waited()
+    p.finished(100.0 + seconds)
+    return p.size
+
+
+def test_grows_on_fast_drains_up_to_the_cap() -> None:
+    p = FragmentPacer(256 * 1024, 1 << 20)
+    sizes = [_fragment(p, TARGET_SECONDS / 10, waited=True) for _ in range(4)]
+    assert sizes == [512 * 1024, 1 << 20, 1 << 20, 1 << 20]
+
+
+def test_a_fragment_absorbed_by_an_empty_buffer_proves_nothing() -> None:
+    p = FragmentPacer(256 * 1024, 8 << 20)
+    for _ in range(10):
+        _fragment(p, 0.0, waited=False)
+    assert p.size == 256 * 1024
+
+
+def test_shrinks_on_slow_drains_but_not_below_the_minimum() -> None:
+    p = FragmentPacer(64 * 1024, 1 << 20)
+    for _ in range(4):
+        _fragment(p, 0.0001, waited=True)
+    assert p.size == 1 << 20
+    sizes = [_fragment(p, TARGET_SECONDS * 3, waited=True) for _ in range(6)]
+    assert sizes == [512 * 1024, 256 * 1024, 128 * 1024, 64 * 1024, 64 * 1024, 64 * 1024]
+
+
+def test_max_below_min_means_fixed_size() -> None:
+    p = FragmentPacer(256 * 1024, 4096)
+    assert _fragment(p, 0.0, waited=True) == 256 * 1024
+    assert not p.busy
+    p.finished(5.0)  # no fragment in flight: ignored
+    assert p.size == 256 * 1024
