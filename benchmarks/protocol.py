@@ -7,18 +7,21 @@ Everything runs on loopback in this process and prints ONE JSON object:
 RTT: a request carrying the hidden state of one token of the default model (576 float32 = 2,304 bytes) in a
 TENSOR message, echoed back by the peer's handler; gRPC carries the same payload bytes through a generic
 (codegen-free) unary handler that echoes them. Throughput: one 64 MiB float32 tensor, sender and receiver in
-two threads (exo: two event loops; raw: blocking ``sendall`` / ``recv_into``), best of a few runs.
+two threads (exo: two event loops; raw: blocking ``sendall`` / ``recv_into``), best of a few transfers, the
+two methods taking turns transfer by transfer so both see the same machine load.
 
 Like with like: both receivers deliver every tensor into freshly allocated memory of its size (exo: the
 buffer its parser allocates per message; raw: a new ``np.empty`` array per transfer). The raw baseline used
 to reuse one warm buffer for every transfer, which skips the page faults a real receiver pays for a new
-64 MiB array; nothing else about the raw baseline changed (same blocking calls, same threads).
+64 MiB array, and ran all its transfers after all of exo's; nothing else about it changed (same blocking
+calls, same threads, same best-of).
 Usage: ``python benchmarks/protocol.py [--rtt-n 2000] [--runs 3]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import socket
@@ -29,6 +32,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+from anyio.from_thread import start_blocking_portal
 
 from exo_core.protocol import FrameType, RequestContext, Stage, Tensor, TensorMessage, encode
 from exo_core.transport.settings import TransportSettings
@@ -97,98 +101,103 @@ async def grpc_rtt(n: int) -> list[float]:
     return out
 
 
-def exo_throughput(runs: int) -> float:
-    """Best MB/s sending one 64 MiB tensor from a transport in this thread to one in another thread."""
-    big = np.ones(BIG_BYTES // 4, dtype=np.float32)
-    settings = TransportSettings(idle_timeout=60)
-    b = TcpTransport("b", host="127.0.0.1", port=0, settings=settings)
-    got = threading.Semaphore(0)
-    ready = threading.Event()
-    stop = threading.Event()
+class ExoPair:
+    """Transports ``a`` (sender) and ``b`` (receiver), each on its own event loop in its own thread."""
 
-    async def on_tensor(incoming: Incoming) -> None:
-        assert isinstance(incoming.message, TensorMessage) and incoming.message.tensor.nbytes == BIG_BYTES
-        got.release()
+    def __enter__(self) -> ExoPair:
+        self._stack = contextlib.ExitStack()
+        self._rx = self._stack.enter_context(start_blocking_portal())
+        self._tx = self._stack.enter_context(start_blocking_portal())
+        settings = TransportSettings(idle_timeout=60)
+        self.a = TcpTransport("a", host="127.0.0.1", port=0, settings=settings)
+        self.b = TcpTransport("b", host="127.0.0.1", port=0, settings=settings)
+        self._got = threading.Semaphore(0)
 
-    b.on(FrameType.TENSOR, on_tensor)
+        async def on_tensor(incoming: Incoming) -> None:
+            assert isinstance(incoming.message, TensorMessage) and incoming.message.tensor.nbytes == BIG_BYTES
+            self._got.release()
 
-    async def serve_b() -> None:
-        async with anyio.create_task_group() as tg:
-            await tg.start(b.run)
-            ready.set()
-            await anyio.to_thread.run_sync(stop.wait, abandon_on_cancel=True)
-            tg.cancel_scope.cancel()
+        self.b.on(FrameType.TENSOR, on_tensor)
+        self._running = [self._rx.start_task(self.b.run)[0], self._tx.start_task(self.a.run)[0]]
+        self._stack.callback(lambda: [f.cancel() for f in self._running])
+        self._tx.call(self.a.dial, "127.0.0.1", self.b.port)
+        self._msg = TensorMessage(CTX, 0, 0, Tensor.from_numpy(np.ones(BIG_BYTES // 4, dtype=np.float32)))
+        return self
 
-    thread = threading.Thread(target=anyio.run, args=(serve_b,), daemon=True)
-    thread.start()
-    if not ready.wait(10):
-        raise RuntimeError("receiver did not start")
-    best = float("inf")
+    def transfer(self) -> float:
+        """Seconds from handing the tensor to ``a`` until ``b``'s handler has it."""
+        t0 = time.perf_counter()
+        self._tx.call(self.a.send, "b", self._msg)
+        if not self._got.acquire(timeout=30):
+            raise RuntimeError("tensor not received")
+        return time.perf_counter() - t0
 
-    async def send_a() -> None:
-        nonlocal best
-        a = TcpTransport("a", host="127.0.0.1", port=0, settings=settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(a.run)
-            await a.dial("127.0.0.1", b.port)
-            msg = TensorMessage(CTX, 0, 0, Tensor.from_numpy(big))
-            for _ in range(runs + 1):
-                t0 = time.perf_counter()
-                await a.send("b", msg)
-                if not await anyio.to_thread.run_sync(got.acquire, True, 30):
-                    raise RuntimeError("tensor not received")
-                best = min(best, time.perf_counter() - t0)
-            tg.cancel_scope.cancel()
-
-    try:
-        anyio.run(send_a)
-    finally:
-        stop.set()
-        thread.join(10)
-    return BIG_BYTES / best / 1e6
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
-def raw_throughput(runs: int) -> float:
-    """Best MB/s of 64 MiB over plain blocking sockets (``sendall`` / ``recv_into``), two threads.
+class RawPair:
+    """Plain blocking sockets: ``sendall`` here, ``recv_into`` in a receiver thread.
 
     The receiver reads each tensor into a new ``np.empty`` array (what a real receiver must do, and what
     exo's receiver does: it allocates a buffer per message), not into one warm buffer reused every time.
     """
-    data = np.ones(BIG_BYTES // 4, dtype=np.float32)
-    lsock = socket.create_server(("127.0.0.1", 0))
-    lsock.settimeout(10)
-    port = lsock.getsockname()[1]
-    done = threading.Semaphore(0)
 
-    def receiver() -> None:
-        conn, _ = lsock.accept()
+    def __init__(self, transfers: int) -> None:
+        self._transfers = transfers
+
+    def __enter__(self) -> RawPair:
+        self._data = np.ones(BIG_BYTES // 4, dtype=np.float32).data.cast("B")
+        self._lsock = socket.create_server(("127.0.0.1", 0))
+        self._lsock.settimeout(10)
+        self._done = threading.Semaphore(0)
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+        self._sock = socket.create_connection(("127.0.0.1", self._lsock.getsockname()[1]), timeout=10)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self
+
+    def _receive(self) -> None:
+        conn, _ = self._lsock.accept()
         conn.settimeout(30)
         with conn:
-            for _ in range(runs + 1):
-                # Like exo's receiver, deliver each tensor into a freshly allocated array of its size.
-                view = memoryview(np.empty(BIG_BYTES // 4, dtype=np.float32)).cast("B")
+            for _ in range(self._transfers):
+                view = np.empty(BIG_BYTES // 4, dtype=np.float32).data.cast("B")
                 got = 0
                 while got < BIG_BYTES:
                     n = conn.recv_into(view[got:])
                     if not n:
                         return
                     got += n
-                done.release()
+                self._done.release()
 
-    thread = threading.Thread(target=receiver, daemon=True)
-    thread.start()
-    best = float("inf")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(runs + 1):
-            t0 = time.perf_counter()
-            sock.sendall(memoryview(data).cast("B"))
-            if not done.acquire(timeout=30):
-                raise RuntimeError("raw receiver stalled")
-            best = min(best, time.perf_counter() - t0)
-    thread.join(10)
-    lsock.close()
-    return BIG_BYTES / best / 1e6
+    def transfer(self) -> float:
+        """Seconds from ``sendall`` until the receiver thread has the whole tensor."""
+        t0 = time.perf_counter()
+        self._sock.sendall(self._data)
+        if not self._done.acquire(timeout=30):
+            raise RuntimeError("raw receiver stalled")
+        return time.perf_counter() - t0
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+        self._thread.join(10)
+        self._lsock.close()
+
+
+def throughput(runs: int) -> tuple[float, float]:
+    """Best MB/s of exo and of raw sockets, one 64 MiB tensor at a time, the two methods taking turns.
+
+    Taking turns (after one untimed warm-up transfer each) exposes both methods to the same machine load.
+    """
+    with ExoPair() as exo, RawPair(runs + 1) as raw:
+        exo.transfer()
+        raw.transfer()
+        exo_best = raw_best = float("inf")
+        for _ in range(runs):
+            exo_best = min(exo_best, exo.transfer())
+            raw_best = min(raw_best, raw.transfer())
+    return BIG_BYTES / exo_best / 1e6, BIG_BYTES / raw_best / 1e6
 
 
 def main() -> None:
@@ -199,8 +208,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     exo = anyio.run(exo_rtt, args.rtt_n)
     grpc_ = anyio.run(grpc_rtt, args.rtt_n)
-    exo_mbps = exo_throughput(args.runs)
-    raw_mbps = raw_throughput(args.runs)
+    exo_mbps, raw_mbps = throughput(args.runs)
     result = {
         "exo_rtt_us_p50": round(statistics.median(exo), 1),
         "exo_rtt_us_p99": round(pct(exo, 99), 1),

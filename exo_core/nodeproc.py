@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,19 @@ class NodeProcess:
             raise NodeProcessError(
                 f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}"
             ) from exc
+
+    def stream(self, path: str, body: dict[str, Any], timeout: float = 120.0) -> Iterator[dict[str, Any]]:
+        """POST ``body`` with ``"stream": true``; yield each server-sent JSON chunk (error chunks too)."""
+        req = urllib.request.Request(
+            self.api + path,
+            data=json.dumps({**body, "stream": True}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if line.startswith("data: {"):
+                    yield json.loads(line[6:])
 
     def wait_for_nodes(self, n: int, timeout: float = 30.0) -> dict[str, Any]:
         """Wait until this node's topology shows ``n`` reachable nodes (itself included)."""

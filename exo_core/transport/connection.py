@@ -45,7 +45,7 @@ _BYTES_PER_WAKE = 4 << 20
 #: While a large payload is being received, the socket reports readable only once this much of it (or all
 #: that is left of it) has arrived: fewer, larger reads and far fewer wake-ups. Nothing else can arrive
 #: before those bytes (TCP is ordered), so no small frame is held up. Linux only (epoll honours it).
-_LOWAT = 1 << 20
+_LOWAT = 4 << 20
 _LOWAT_MIN = 64 << 10
 _USE_LOWAT = sys.platform == "linux" and hasattr(socket, "SO_RCVLOWAT")
 

@@ -7,109 +7,18 @@ error within seconds while the survivor keeps serving.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from exo_core.nodeproc import NodeProcess, peers_file
+from exo_core.nodeproc import peers_file
+
+from .support import PROMPTS, Start, greedy, no_peers, plan_nodes, stream
 
 pytestmark = pytest.mark.timeout(300)
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "List three prime numbers.",
-    "Why is the sky blue?",
-    "Say hello in Spanish.",
-    "What is 2 + 2?",
-    "Name a famous painter.",
-    "Describe a cat in one sentence.",
-]
-
-Start = Callable[..., NodeProcess]
-
-
-def no_peers(tmp_path: Path, name: str) -> list[str]:
-    return [
-        "--discovery-module",
-        "manual",
-        "--discovery-config-path",
-        str(peers_file(tmp_path / f"{name}.json", {})),
-    ]
-
-
-def greedy(node: NodeProcess, prompt: str, max_tokens: int = 20) -> list[str]:
-    """The tokens of a greedy chat completion, as the API reports them in logprobs."""
-    out = node.post(
-        "/v1/chat/completions",
-        {
-            "model": "smollm2-135m",
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "logprobs": True,
-        },
-    )
-    return [t["token"] for t in out["choices"][0]["logprobs"]["content"]]
-
-
-def stream(
-    node: NodeProcess,
-    prompt: str,
-    max_tokens: int,
-    on_chunk: Callable[[dict[str, Any]], None] | None = None,
-    timeout: float = 120,
-) -> tuple[str, dict[str, Any] | None]:
-    """Stream a greedy chat completion; returns (text, error event or None)."""
-    body = {
-        "model": "smollm2-135m",
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-    }
-    req = urllib.request.Request(
-        node.api + "/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    text, error = "", None
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if "error" in chunk:
-                error = chunk["error"]
-                break
-            if on_chunk is not None:
-                on_chunk(chunk)
-            for choice in chunk.get("choices", []):
-                text += choice.get("delta", {}).get("content") or ""
-    return text, error
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
-    """Greedy answers of one node alone: the ground truth for every cluster test."""
-    tmp = tmp_path_factory.mktemp("single")
-    node = NodeProcess(tmp / "solo", args=no_peers(tmp, "solo")).start()
-    try:
-        yield {p: greedy(node, p) for p in PROMPTS}
-    finally:
-        node.stop()
-
-
-def plan_nodes(node: NodeProcess) -> list[str]:
-    plan = node.get("/v1/topology")["plan"]
-    return [s["node_id"] for s in plan["shards"]]
 
 
 def test_two_nodes_direct_match_single_node(

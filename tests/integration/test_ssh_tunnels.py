@@ -15,10 +15,10 @@ import pytest
 from exo_core.nodeproc import NodeProcess, find_free_ports, peers_file
 
 from .sshd import Sshd, running_sshd, sshd_binary
-from .test_cluster import greedy, no_peers, plan_nodes
+from .support import PROMPTS, greedy, no_peers, plan_nodes
 
 pytestmark = pytest.mark.timeout(300)
-PROMPT = "What is the capital of France?"
+PROMPT = PROMPTS[0]
 Start = Callable[..., NodeProcess]
 
 
@@ -30,14 +30,9 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def single_node_answer(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    tmp = tmp_path_factory.mktemp("single")
-    node = NodeProcess(tmp / "solo", args=no_peers(tmp, "solo")).start()
-    try:
-        return greedy(node, PROMPT)
-    finally:
-        node.stop()
+@pytest.fixture
+def single_node_answer(reference: dict[str, list[str]]) -> list[str]:
+    return reference[PROMPT]
 
 
 def test_one_tunnel_is_enough(

@@ -6,34 +6,16 @@ the tests are skipped, unless CI=true, where that is a failure.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from api.support import MODEL, Call, FakeBackend, Script, running_api, wait_closed
-from playwright.async_api import BrowserContext, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, expect
+
+from .browser import open_page
 
 DASH = "\N{EN DASH}"  # the page writes layer ranges with an en dash
-
-# Flags for running as root in a container, with no traffic beyond loopback.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-domain-reliability",
-    "--disable-client-side-phishing-detection",
-    "--metrics-recording-only",
-]
 
 MARKDOWN_ANSWER = (
     "Here is **bold** and *italic* text with `inline code`.\n\n"
@@ -41,17 +23,6 @@ MARKDOWN_ANSWER = (
     "- first item\n- second item\n\n"
     "See [the docs](https://example.com/docs) and <img src=x onerror=alert(1)>."
 )
-
-
-def chromium_path() -> str:
-    """The Chromium binary; skips (or fails on CI) when it is missing."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        reason = "Chromium is not installed (Debian: apt-get install chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true requires the browser tests to run")
-        pytest.skip(reason)
-    return path
 
 
 def script_for(call: Call) -> Script:
@@ -62,32 +33,6 @@ def script_for(call: Call) -> Script:
         pieces = re.findall(r".{1,6}", MARKDOWN_ANSWER, flags=re.S)  # small deltas, split mid-markup
         return Script(tokens=pieces, delay=0.02, prompt_tokens=11)
     return Script(tokens=[" plain", " answer"])
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh profile (--user-data-dir) for every test
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-        )
-        try:
-            yield context
-        finally:
-            await context.close()
-
-
-async def open_page(context: BrowserContext, url: str) -> tuple[Page, list[str]]:
-    """Open ``url``, collecting page errors and console errors (CSP violations show up there)."""
-    page = context.pages[0] if context.pages else await context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
-    await page.goto(url)
-    return page, problems
 
 
 async def test_chat_page_streams_markdown_shows_stats_topology_and_stops(
