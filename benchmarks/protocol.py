@@ -15,7 +15,7 @@ buffer its parser allocates per message; raw: a new ``np.empty`` array per trans
 to reuse one warm buffer for every transfer, which skips the page faults a real receiver pays for a new
 64 MiB array, and ran all its transfers after all of exo's; nothing else about it changed (same blocking
 calls, same threads, same best-of).
-Usage: ``python benchmarks/protocol.py [--rtt-n 2000] [--runs 3]``.
+Usage: ``python benchmarks/protocol.py [--rtt-n 2000] [--runs 5]``.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def throughput(runs: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtt-n", type=int, default=2000, help="timed requests per protocol")
-    parser.add_argument("--runs", type=int, default=3, help="timed 64 MiB transfers per method")
+    parser.add_argument("--runs", type=int, default=5, help="timed 64 MiB transfers per method")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     exo = anyio.run(exo_rtt, args.rtt_n)

@@ -82,8 +82,8 @@ async def _run_prompt(node: Node, ns: argparse.Namespace) -> int:
         try:
             stream = node.backend.generate(
                 model=model,
-                messages=[{"role": "user", "content": ns.prompt}],
-                prompt=None,
+                messages=None if ns.raw else [{"role": "user", "content": ns.prompt}],
+                prompt=ns.prompt if ns.raw else None,
                 params=params,
                 request_id=f"run-{uuid.uuid4()}",
             )

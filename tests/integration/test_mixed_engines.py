@@ -1,0 +1,45 @@
+"""A ring of a NumPy node and an MLX node (separate processes) serving one model together."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from exo_core.nodeproc import NodeProcess
+
+from .support import PROMPTS, greedy, no_peers, plan_nodes
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlx") is None, reason="mlx is not installed on this platform")
+def test_numpy_and_mlx_nodes_in_one_ring(
+    exo_node: Callable[..., NodeProcess],
+    tmp_path: Path,
+    reference: dict[str, list[str]],
+    record_property: Callable[[str, object], None],
+) -> None:
+    mlx_node = exo_node(*no_peers(tmp_path, "mlx"), "--inference-engine", "mlx")
+    numpy_node = exo_node(
+        "--discovery-module",
+        "direct",
+        "--peer-host",
+        "127.0.0.1",
+        "--peer-port",
+        str(mlx_node.node_port),
+        "--inference-engine",
+        "numpy",
+    )
+    topo = numpy_node.wait_for_nodes(2)
+    assert {n["engine"] for n in topo["nodes"]} == {"numpy", "mlx"}
+    prompt = PROMPTS[0]
+    tokens = greedy(numpy_node, prompt)
+    assert sorted(plan_nodes(numpy_node)) == sorted([numpy_node.node_id, mlx_node.node_id])
+    expected = reference[prompt]
+    same = next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b), len(expected))
+    record_property("tokens_equal_to_numpy_single_node", same)
+    # both engines compute in float32 from the same weights: they may part only at a near-tie
+    assert tokens[:8] == expected[:8]
