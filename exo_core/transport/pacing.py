@@ -2,12 +2,12 @@
 
 A small frame (a ``PONG``, a ``TOKEN``) queued behind a large message waits for at most the fragment being
 written, so fragments must stay short *in time*; but each fragment costs a few system calls and event-loop
-turns on both sides, so on a fast link (loopback, 10 GbE) small fragments cap throughput. The pacer starts
-every connection at ``fragment_size`` and doubles the size (up to ``max_fragment_size``) after a fragment
-that the socket drained within half of :data:`TARGET_SECONDS` *while the writer had to wait for it* (a
-fragment that merely landed in an empty kernel buffer says nothing about the link's speed); it halves the
-size after any fragment that took longer than the target. On a slow link (an SSH tunnel, Wi-Fi) fragments
-therefore stay at ``fragment_size``.
+turns on both sides, so on a fast link (loopback, 10 GbE) small fragments cap throughput. The pacer keeps a
+moving average of how fast the socket drained recent fragments and sizes the next one to take about
+:data:`TARGET_SECONDS` at that rate: starting at ``fragment_size``, at most doubling per fragment, never
+above ``max_fragment_size``. Only fragments the writer had to wait for (or that were slow) count: one that
+merely landed in an empty kernel buffer says nothing about the link. On a slow link (an SSH tunnel, Wi-Fi)
+fragments therefore stay at ``fragment_size``; one stall on a fast link does not collapse the size.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class FragmentPacer:
         self.size = min_size
         self._started: float | None = None
         self._waited = False
+        self._rate: float | None = None  # bytes per second, moving average
 
     def started(self, now: float) -> None:
         """A fragment of :attr:`size` bytes was queued for writing at ``now``."""
@@ -46,12 +47,18 @@ class FragmentPacer:
         """The current fragment (and anything queued with it) was fully written at ``now``."""
         if self._started is None:
             return
-        elapsed = now - self._started
+        elapsed = max(now - self._started, 1e-6)
         self._started = None
-        if elapsed > TARGET_SECONDS:
-            self.size = max(self.min_size, self.size // 2)
-        elif self._waited and elapsed < TARGET_SECONDS / 2:
+        if not self._waited and elapsed <= TARGET_SECONDS:
+            return  # absorbed by the kernel buffer: no news about the link
+        sample = self.size / elapsed
+        self._rate = sample if self._rate is None else (self._rate + sample) / 2
+        want = self._rate * TARGET_SECONDS
+        if want >= 2 * self.size:
             self.size = min(self.max_size, self.size * 2)
+        else:
+            while self.size > want and self.size > self.min_size:
+                self.size = max(self.min_size, self.size // 2)
 
     @property
     def busy(self) -> bool:

@@ -35,10 +35,11 @@ def test_numpy_and_mlx_nodes_in_one_ring(
     )
     topo = numpy_node.wait_for_nodes(2)
     assert {n["engine"] for n in topo["nodes"]} == {"numpy", "mlx"}
-    prompt = PROMPTS[0]
+    prompt = max(PROMPTS, key=lambda p: len(reference[p]))  # the longest answer shows the most
     tokens = greedy(numpy_node, prompt)
     assert sorted(plan_nodes(numpy_node)) == sorted([numpy_node.node_id, mlx_node.node_id])
     expected = reference[prompt]
+    assert len(expected) >= 8
     same = next((i for i, (a, b) in enumerate(zip(tokens, expected, strict=False)) if a != b), len(expected))
     record_property("tokens_equal_to_numpy_single_node", same)
     # both engines compute in float32 from the same weights: they may part only at a near-tie
