@@ -138,7 +138,9 @@ def build_cli(plugins: Plugins) -> Cli:
     )
     run.add_argument("model", nargs="?", default=None, help="model id (default: --default-model)")
     run.add_argument("--prompt", required=True, help="the user message (with --raw: the text to continue)")
-    run.add_argument("--raw", action="store_true", help="continue the prompt as is, without the chat template")
+    run.add_argument(
+        "--raw", action="store_true", help="continue the prompt as is, without the chat template"
+    )
     run.add_argument("--max-tokens", type=int, default=128, help="maximum tokens to generate (default 128)")
     run.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default 0)"
