@@ -252,6 +252,7 @@ class NodeBackend:
                     return
         finally:
             self.tracker.close(request_id)
+            events.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 for node in sorted(nodes):
                     try:

@@ -109,6 +109,8 @@ class Node:
         self.started = anyio.Event()
 
     def _on_cluster_change(self) -> None:
+        # a node several hops away that vanished shows up here (through gossip), not as a peer event
+        self.tracker.fail_unreachable(self.cluster.reachable())
         self._cluster_changed.set()
         self._cluster_changed = anyio.Event()
 
@@ -146,11 +148,8 @@ class Node:
         await self.deliver(incoming.message, incoming.envelope.src or incoming.peer.node_id)
 
     def _on_peer_event(self, event: PeerEvent) -> None:
+        # updates the topology; requests using a node that became unreachable fail in _on_cluster_change
         self.gossip.on_peer_event(event)
-        if event.kind == "down" and not event.peer.tool:
-            # only fail requests if the node is now unreachable by any path (relays may still reach it)
-            if event.peer.node_id not in self.cluster.reachable():
-                self.tracker.node_lost(event.peer.node_id, event.reason or "connection lost")
 
     def _wire(self, tg: TaskGroup) -> None:
         self._router = Router(self.transport, self.cluster, tg, self.deliver)

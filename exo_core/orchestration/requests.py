@@ -64,12 +64,13 @@ class RequestTracker:
     def error(self, msg: Error, sender: str) -> None:
         self._deliver(msg.request_id, RequestFailed(msg.message or msg.code_name, sender))
 
-    def node_lost(self, node_id: str, reason: str) -> None:
+    def fail_unreachable(self, reachable: set[str]) -> None:
+        """Fail requests whose plan uses a node no path of connections leads to any more."""
         for rid, entry in list(self._entries.items()):
-            if node_id in entry.nodes:
-                self._deliver(
-                    rid, RequestFailed(f"node {node_id} of this request's plan went away: {reason}", node_id)
-                )
+            lost = sorted(entry.nodes - reachable)
+            if lost:
+                message = f"node {lost[0]} of this request's plan went away (no connection leads to it)"
+                self._deliver(rid, RequestFailed(message, lost[0]))
 
     def _deliver(self, request_id: str, event: Event) -> None:
         entry = self._entries.get(request_id)
