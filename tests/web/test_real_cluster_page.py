@@ -39,6 +39,7 @@ async def test_page_answers_through_two_nodes_and_shows_them(browser: BrowserCon
         await expect(page.locator("#model")).to_have_value("smollm2-135m")
         await expect(page.locator(".node-card")).to_have_count(2)
 
+        await page.fill("#temperature", "0")  # greedy: the answer is the model's most likely one
         await page.fill("#input", "What is the capital of France?")
         await page.press("#input", "Enter")
         answer = page.locator('.message[data-role="assistant"]').last

@@ -10,6 +10,7 @@
   };
   var ui = {
     model: el("model"),
+    temperature: el("temperature"),
     newChat: el("new-chat"),
     status: el("status"),
     messages: el("messages"),
@@ -32,6 +33,18 @@
   var history = []; // {role, content} sent with each request
   var controller = null; // AbortController of the answer being streamed
   var apiKey = localStorage.getItem("exo-api-key") || "";
+  var savedTemperature = localStorage.getItem("exo-temperature");
+  if (savedTemperature !== null) {
+    ui.temperature.value = savedTemperature;
+  }
+  ui.temperature.addEventListener("change", function () {
+    localStorage.setItem("exo-temperature", ui.temperature.value);
+  });
+
+  function temperature() {
+    var t = parseFloat(ui.temperature.value);
+    return isFinite(t) && t >= 0 && t <= 2 ? t : undefined; // out of range: the server's default
+  }
 
   function headers() {
     var h = { "Content-Type": "application/json" };
@@ -206,6 +219,7 @@
         body: JSON.stringify({
           model: model || undefined,
           messages: history,
+          temperature: temperature(),
           stream: true,
           stream_options: { include_usage: true },
         }),

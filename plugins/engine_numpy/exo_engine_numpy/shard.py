@@ -14,13 +14,15 @@ from exo_core.models.weights import RowLookup, names_for_shard
 from exo_engine_numpy.layers import (
     F32,
     LayerWeights,
+    RopeTable,
     ShardWeights,
     attention_block,
+    block_step,
     causal_mask,
+    fuse_layer,
     mlp_block,
     rms_norm,
     rope_inv_freq,
-    rope_tables,
 )
 
 log = logging.getLogger(__name__)
@@ -96,18 +98,13 @@ def _load_layer(
     get: Callable[[str], np.ndarray], wanted: set[str], config: ModelConfig, i: int
 ) -> LayerWeights:
     p = f"layers.{i}."
-    qkv = np.concatenate([get(p + "q"), get(p + "k"), get(p + "v")], axis=0)
     bias = None
     if p + "q_bias" in wanted:
-        bias = np.concatenate([get(p + "q_bias"), get(p + "k_bias"), get(p + "v_bias")]).astype(F32)
-    return LayerWeights(
-        attn_norm=get(p + "attn_norm"),
-        qkv=qkv,
-        qkv_bias=bias,
-        o=get(p + "o"),
-        ffn_norm=get(p + "ffn_norm"),
-        gate_up=np.concatenate([get(p + "gate"), get(p + "up")], axis=0),
-        down=get(p + "down"),
+        bias = (get(p + "q_bias"), get(p + "k_bias"), get(p + "v_bias"))
+    return fuse_layer(
+        config,
+        *(get(p + part) for part in ("q", "k", "v", "o", "gate", "up", "down", "attn_norm", "ffn_norm")),
+        bias=bias,
     )
 
 
@@ -120,6 +117,7 @@ class NumpyShard:
         self.first, self.last = first, last
         started = time.perf_counter()
         self.weights = load_shard_weights(source, first, last)
+        self.rope = RopeTable(self.weights.inv_freq, min(1024, self.config.context_length))
         log.info(
             "loaded %s layers %d..%d (%.1f MB float32) in %.2f s",
             source.model_id,
@@ -153,11 +151,17 @@ class NumpyShard:
         t = h.shape[0]
         cache.reserve(t)
         pos = cache.pos
-        cos, sin = rope_tables(w.inv_freq, pos, t)
-        mask = causal_mask(pos, t)
-        for li, lw in enumerate(w.layers):
-            h = attention_block(h, lw, cfg, cache.k[li], cache.v[li], pos, cos, sin, mask)
-            h = mlp_block(h, lw, cfg)
+        cos2, sin2 = self.rope.get(pos, t)
+        if t == 1:  # decode: one residual vector updated in place, block by block
+            h = np.array(h, dtype=F32, order="C")  # private: updated in place (the lookup may share)
+            row = h[0]
+            for li, lw in enumerate(w.layers):
+                block_step(row, lw, cfg, cache.k[li], cache.v[li], pos, cos2[0], sin2[0])
+        else:
+            mask = causal_mask(pos, t)
+            for li, lw in enumerate(w.layers):
+                h = attention_block(h, lw, cfg, cache.k[li], cache.v[li], pos, cos2, sin2, mask)
+                h = mlp_block(h, lw, cfg)
         cache.pos = pos + t
         assert h.dtype == F32, h.dtype
         if not self.is_last:
