@@ -112,6 +112,11 @@ def env_var_name(settings_cls: type[BaseSettings], field_name: str) -> str:
 
 
 def cli_flag_name(settings_cls: type[BaseSettings], field_name: str) -> str:
-    """The CLI flag of a settings field: ``--`` + the model's ``cli_prefix`` + the field name, kebab-case."""
+    """The CLI flag of a settings field: ``--`` + the model's ``cli_prefix`` + the field name, kebab-case,
+    unless the field names its own flag with ``Field(..., json_schema_extra={"cli_flag": "--name"})``."""
+    info = settings_cls.model_fields.get(field_name)
+    extra = info.json_schema_extra if info is not None else None
+    if isinstance(extra, dict) and isinstance(extra.get("cli_flag"), str):
+        return str(extra["cli_flag"])
     prefix = str(getattr(settings_cls, "cli_prefix", "") or "")
     return "--" + (prefix + field_name).replace("_", "-")

@@ -166,3 +166,18 @@ def test_plugin_settings_surface_as_flags(monkeypatch: pytest.MonkeyPatch) -> No
         component.build(
             cli.component_context(cli.parser.parse_args(["--testplug-depth", "x"]), core, component)
         )
+
+
+class _Named(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXO_NAMED_")
+    cli_prefix: ClassVar[str] = "named-"
+    port: int = Field(1, description="a port")
+    targets: str = Field("", description="targets", json_schema_extra={"cli_flag": "--discovery-targets"})
+
+
+def test_field_can_name_its_own_flag() -> None:
+    from exo_core.settings import cli_flag_name, env_var_name
+
+    assert cli_flag_name(_Named, "port") == "--named-port"
+    assert cli_flag_name(_Named, "targets") == "--discovery-targets"
+    assert env_var_name(_Named, "targets") == "EXO_NAMED_TARGETS"

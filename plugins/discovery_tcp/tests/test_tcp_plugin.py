@@ -27,7 +27,7 @@ def test_registers_tcp(exo_load_plugins: Callable[..., Plugins]) -> None:
 def test_flag_names_are_unique_across_all_discovery_plugins() -> None:
     assert cli_flag_name(TcpDiscoverySettings, "discovery_targets") == "--discovery-targets"
     assert env_var_name(TcpDiscoverySettings, "discovery_targets") == "EXO_DISCOVERY_TCP_DISCOVERY_TARGETS"
-    assert TcpDiscoverySettings().tcp_discovery_port == 5678
+    assert TcpDiscoverySettings().discovery_port == 5678
     assert all(f.description for f in TcpDiscoverySettings.model_fields.values())
     taken: dict[str, str] = {}
     parser = argparse.ArgumentParser()
@@ -47,7 +47,7 @@ def test_factory_builds_from_core_and_plugin_settings(
 ) -> None:
     monkeypatch.setenv("EXO_DISCOVERY_TCP_DISCOVERY_TARGETS", "127.0.0.1, 127.0.0.2:6000, 127.0.0.8/30")
     core = CoreSettings(node_id="me", node_port=50098, config_dir=tmp_path)
-    node = plugin.build(ComponentContext(core, TcpDiscoverySettings(tcp_scan_local_subnets=False), "me"))
+    node = plugin.build(ComponentContext(core, TcpDiscoverySettings(scan_local_subnets=False), "me"))
     assert isinstance(node, TcpDiscovery)  # built, not run: no traffic
     assert (node.node_id, node.node_port, node.port) == ("me", 50098, 5678)
     assert node.targets.endpoints == (("127.0.0.1", 5678), ("127.0.0.2", 6000))

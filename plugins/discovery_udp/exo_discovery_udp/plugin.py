@@ -25,12 +25,12 @@ def build(ctx: ComponentContext) -> UdpDiscovery:
         node_port=ctx.core.node_port,
         capabilities=device_capabilities(),
         cluster_key=key,
-        port=settings.udp_discovery_port,
-        bind_host=settings.udp_discovery_bind_host,
+        port=settings.discovery_port,
+        bind_host=settings.discovery_bind_host,
         interfaces=parse_names(settings.discovery_interfaces),
         broadcast_addresses=parse_names(settings.broadcast_address),
-        interval=settings.udp_broadcast_interval,
-        peer_timeout=settings.udp_peer_timeout,
+        interval=settings.broadcast_interval,
+        peer_timeout=settings.peer_timeout,
     )
 
 

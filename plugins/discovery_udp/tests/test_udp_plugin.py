@@ -25,9 +25,9 @@ def test_registers_udp(exo_load_plugins: Callable[..., Plugins]) -> None:
 def test_flag_names_env_vars_and_descriptions() -> None:
     assert cli_flag_name(UdpDiscoverySettings, "broadcast_address") == "--broadcast-address"
     assert cli_flag_name(UdpDiscoverySettings, "discovery_interfaces") == "--discovery-interfaces"
-    assert cli_flag_name(UdpDiscoverySettings, "udp_discovery_port") == "--udp-discovery-port"
+    assert cli_flag_name(UdpDiscoverySettings, "discovery_port") == "--udp-discovery-port"
     assert env_var_name(UdpDiscoverySettings, "broadcast_address") == "EXO_DISCOVERY_UDP_BROADCAST_ADDRESS"
-    assert UdpDiscoverySettings().udp_discovery_port == 5678
+    assert UdpDiscoverySettings().discovery_port == 5678
     assert all(f.description for f in UdpDiscoverySettings.model_fields.values())
     taken: dict[str, str] = {}
     add_settings_flags(argparse.ArgumentParser(), CoreSettings, owner="core", taken=taken)
@@ -39,7 +39,7 @@ def test_factory_builds_from_core_and_plugin_settings(
 ) -> None:
     monkeypatch.setenv("EXO_DISCOVERY_UDP_BROADCAST_ADDRESS", "127.255.255.255")
     core = CoreSettings(node_id="me", node_port=50099, cluster_key="s3cret", config_dir=tmp_path)
-    settings = UdpDiscoverySettings(discovery_interfaces="lo", udp_discovery_port=5999)
+    settings = UdpDiscoverySettings(discovery_interfaces="lo", discovery_port=5999)
     node = plugin.build(ComponentContext(core, settings, "me"))  # built, not run: no traffic
     assert isinstance(node, UdpDiscovery)
     assert (node.node_id, node.node_port, node.port) == ("me", 50099, 5999)
