@@ -9,6 +9,14 @@ read from the streamed chunks (so prefill and model loading are excluded); each 
 concurrent requests / wall time from the first request's first token to the last token. Ratios compare with
 the single-node figure measured in this run. Every node is a separate process on 127.0.0.1; nothing leaves
 the machine, and every request is bounded by ``max_tokens`` and a timeout.
+
+All nodes of all cluster sizes run with ``OPENBLAS_NUM_THREADS=1`` (one BLAS thread per node process), so
+every figure uses the same engine configuration and the ratios isolate what distribution costs. On one
+machine this matters: OpenBLAS worker threads spin while waiting for work, and several node processes
+sharing two cores each with spinning threads slow each other down by 2-5x (measured: a 3-node ring at 0.19x
+of one node with default threads, 0.86x with one thread each). Separate machines do not share cores; to
+run several nodes on one machine, give each ``OPENBLAS_NUM_THREADS=cores/nodes``. For reference the JSON
+also reports ``decode_tok_s_1node_default_threads``: one node with OpenBLAS' default thread count.
 """
 
 from __future__ import annotations
@@ -54,13 +62,18 @@ def best_decode(node: NodeProcess, tokens: int, repeats: int) -> float:
     return max(decode_rate(stream_times(node, tokens)) for _ in range(repeats))
 
 
-def cluster(tmp: Path, n: int) -> list[NodeProcess]:
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+def cluster(tmp: Path, n: int, env: dict[str, str] | None = None) -> list[NodeProcess]:
     """``n`` nodes: n-1 remotes with no peers, and one node whose peers.json lists them all."""
     remotes = []
     for i in range(n - 1):
         empty = peers_file(tmp / f"empty{i}.json", {})
         args = ["--discovery-module", "manual", "--discovery-config-path", str(empty)]
-        remotes.append(NodeProcess(tmp / f"r{n}-{i}", args=args).start())
+        remotes.append(
+            NodeProcess(tmp / f"r{n}-{i}", args=args, env=dict(ONE_THREAD if env is None else env)).start()
+        )
     peers = peers_file(tmp / f"peers{n}.json", {f"r{i}": r.address for i, r in enumerate(remotes)})
     head = NodeProcess(
         tmp / f"h{n}", args=["--discovery-module", "manual", "--discovery-config-path", str(peers)]
@@ -87,6 +100,13 @@ def main() -> None:
     out: dict[str, Any] = {"tokens": args.tokens}
     with tempfile.TemporaryDirectory(prefix="exo-bench-cluster-") as d:
         tmp = Path(d)
+        nodes = cluster(tmp, 1, env={})
+        try:
+            out["decode_tok_s_1node_default_threads"] = round(
+                best_decode(nodes[0], args.tokens, args.repeats), 2
+            )
+        finally:
+            nodes[0].stop()
         for n in (1, 2, 3):
             nodes = cluster(tmp, n)
             try:

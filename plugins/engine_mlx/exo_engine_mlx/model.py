@@ -1,9 +1,8 @@
 """The Llama-family forward pass of one shard on MLX, with a per-request KV cache.
 
 Activations are float32 ``(T, hidden)``. q/k rows are in Hugging Face order (the shared readers un-permute
-GGUF), so RoPE is rotate-half (``mx.fast.rope(..., traditional=False)``). The MLP half of each block has fixed
-shapes for a given ``T`` and is ``mx.compile``d for decode (fusing norm, SiLU and the gating product); the
-attention half depends on the cache length and runs eagerly, and so do prompts (a compiled graph is
+GGUF), so RoPE is rotate-half (``mx.fast.rope(..., traditional=False)``). A decode step is one compiled
+graph for the whole shard (see :class:`ShardModel`); prompts of any length run eagerly (a compiled graph is
 specialised to one input shape).
 """
 
@@ -65,18 +64,16 @@ class KVCache:
         return [*self.keys, *self.values]
 
 
-def _mlp(h: mx.array, norm: mx.array, block: Block, eps: float) -> mx.array:
-    import mlx.core as mx
-
-    x = mx.fast.rms_norm(h, norm, eps)
-    gu = block.gate_up(x)
-    g, u = mx.split(gu, 2, axis=-1)
-    return h + block.down(g * mx.sigmoid(g) * u)
-
-
 class ShardModel:
     """Runs a :class:`ShardParams` over a request's :class:`KVCache` (synchronous: call it in a worker
-    thread)."""
+    thread, one forward at a time).
+
+    Decode steps (one token) run one ``mx.compile``d function for the whole shard: embedding lookup, every
+    block and the head in a single traced graph with fixed shapes per cache capacity. The position is an
+    array input: RoPE takes it as ``offset``, the cache write is a ``slice_update`` at it, and attention
+    covers the whole capacity under a mask built from it, so nothing is retraced from one token to the next
+    (only when the cache grows, every ``cache_step`` positions). Prompts run eagerly.
+    """
 
     def __init__(self, config: ModelConfig, params: ShardParams, *, is_first: bool, is_last: bool,
                  compile: bool = True) -> None:
@@ -85,72 +82,111 @@ class ShardModel:
         self.config, self.params = config, params
         self.is_first, self.is_last = is_first, is_last
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        eps = float(config.rms_norm_eps)
-
-        def mlp(h: mx.array, norm: mx.array, i: int) -> mx.array:
-            return _mlp(h, norm, params.blocks[i], eps)
-
-        self._mlps: list[Callable[[mx.array, mx.array], mx.array]] = []
-        for i in range(len(params.blocks)):
-            fn = (lambda h, n, i=i: mlp(h, n, i))  # noqa: E731 - one closure per block, captured weights
-            self._mlps.append(mx.compile(fn) if compile else fn)
-        self._eager_mlps = [(lambda h, n, i=i: mlp(h, n, i)) for i in range(len(params.blocks))]
+        self._step: Callable[..., tuple[mx.array, list[mx.array], list[mx.array]]] = (
+            mx.compile(self._decode) if compile else self._decode)
 
     def new_cache(self, step: int, max_len: int) -> KVCache:
         """An empty cache for one request."""
         c = self.config
         return KVCache(len(self.params.blocks), c.n_kv_heads, c.head_dim, step, max_len)
 
-    def _attention(self, h: mx.array, b: Block, cache: KVCache, li: int, pos: int) -> mx.array:
+    def _qkv(self, h: mx.array, b: Block, offset: int | mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Normed projections of ``h`` ``(T, hidden)`` as ``(1, heads, T, head_dim)``, q and k rotated."""
         import mlx.core as mx
 
         c = self.config
         t = h.shape[0]
         nh, nkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
-        x = mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps)
-        qkv = b.qkv(x)
+        qkv = b.qkv(mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps))
         if b.qkv_bias is not None:
             qkv = qkv + b.qkv_bias
         q = qkv[:, : nh * hd].reshape(t, nh, hd).transpose(1, 0, 2)[None]
         k = qkv[:, nh * hd : (nh + nkv) * hd].reshape(t, nkv, hd).transpose(1, 0, 2)[None]
         v = qkv[:, (nh + nkv) * hd :].reshape(t, nkv, hd).transpose(1, 0, 2)[None]
         freqs = self.params.freqs
-        q = mx.fast.rope(q, hd, traditional=False, base=None, scale=1.0, offset=pos, freqs=freqs)
-        k = mx.fast.rope(k, hd, traditional=False, base=None, scale=1.0, offset=pos, freqs=freqs)
-        end = pos + t
-        keys, values = cache.keys[li], cache.values[li]
-        keys[:, :, pos:end] = k
-        values[:, :, pos:end] = v
-        cache.keys[li], cache.values[li] = keys, values
-        att = mx.fast.scaled_dot_product_attention(
-            q, keys[:, :, :end], values[:, :, :end], scale=self.scale, mask="causal" if t > 1 else None
-        )
-        return h + b.o(att[0].transpose(1, 0, 2).reshape(t, nh * hd))
+        q = mx.fast.rope(q, hd, traditional=False, base=None, scale=1.0, offset=offset, freqs=freqs)
+        k = mx.fast.rope(k, hd, traditional=False, base=None, scale=1.0, offset=offset, freqs=freqs)
+        return q, k, v
+
+    def _out(self, h: mx.array, att: mx.array, b: Block) -> mx.array:
+        import mlx.core as mx
+
+        c = self.config
+        t = h.shape[0]
+        h = h + b.o(att[0].transpose(1, 0, 2).reshape(t, c.n_heads * c.head_dim))
+        x = mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps)
+        g, u = mx.split(b.gate_up(x), 2, axis=-1)
+        return h + b.down(g * mx.sigmoid(g) * u)
+
+    def _embed_in(self, x: mx.array) -> mx.array:
+        if self.is_first:
+            assert self.params.embed is not None
+            return self.params.embed.rows(x)
+        return x
+
+    def _head(self, h: mx.array) -> mx.array:
+        import mlx.core as mx
+
+        p = self.params
+        assert p.norm is not None and p.lm_head is not None
+        return p.lm_head(mx.fast.rms_norm(h, p.norm, self.config.rms_norm_eps))
+
+    def _decode(self, x: mx.array, pos: mx.array, keys: list[mx.array],
+                values: list[mx.array]) -> tuple[mx.array, list[mx.array], list[mx.array]]:
+        """One token through the shard (traced by ``mx.compile``): ``pos`` is an int32 scalar array; the
+        caches come back updated."""
+        import mlx.core as mx
+
+        h = self._embed_in(x)
+        capacity = keys[0].shape[2]
+        mask = mx.where(mx.arange(capacity) <= pos, 0.0, -mx.inf).astype(mx.float32)
+        new_keys, new_values = [], []
+        start = pos.reshape(1)
+        for b, kc, vc in zip(self.params.blocks, keys, values, strict=True):
+            q, k, v = self._qkv(h, b, pos)
+            kc = mx.slice_update(kc, k, start, axes=(2,))
+            vc = mx.slice_update(vc, v, start, axes=(2,))
+            att = mx.fast.scaled_dot_product_attention(q, kc, vc, scale=self.scale, mask=mask)
+            h = self._out(h, att, b)
+            new_keys.append(kc)
+            new_values.append(vc)
+        return (self._head(h) if self.is_last else h), new_keys, new_values
+
+    def _prefill(self, x: mx.array, cache: KVCache, pos: int, all_logits: bool) -> mx.array:
+        import mlx.core as mx
+
+        h = self._embed_in(x)
+        end = pos + h.shape[0]
+        for li, b in enumerate(self.params.blocks):
+            q, k, v = self._qkv(h, b, pos)
+            keys, values = cache.keys[li], cache.values[li]
+            keys[:, :, pos:end] = k
+            values[:, :, pos:end] = v
+            cache.keys[li], cache.values[li] = keys, values
+            att = mx.fast.scaled_dot_product_attention(
+                q, keys[:, :, :end], values[:, :, :end], scale=self.scale,
+                mask="causal" if h.shape[0] > 1 else None)
+            h = self._out(h, att, b)
+        if self.is_last:
+            h = self._head(h if all_logits else h[-1:])
+        return h
 
     def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run the shard over ``x`` (int ids on the first shard, float32 hidden states otherwise) at the
         cache's next positions; returns float32 hidden states, or logits on the last shard."""
         import mlx.core as mx
 
-        p = self.params
-        if self.is_first:
-            assert p.embed is not None
-            h = p.embed.rows(mx.array(x.astype(np.int32)))
-        else:
-            h = mx.array(x)
-        t = h.shape[0]
+        t = x.shape[0]
         cache.reserve(t)
         pos = cache.pos
-        # compiled graphs are per input shape: use them for decode (T=1, one shape) and run prompts of
-        # arbitrary length eagerly rather than recompiling every block for each new length
-        mlps = self._mlps if t == 1 else self._eager_mlps
-        for li, b in enumerate(p.blocks):
-            h = self._attention(h, b, cache, li, pos)
-            h = mlps[li](h, b.ffn_norm)
-        if self.is_last:
-            assert p.norm is not None and p.lm_head is not None
-            rows = h if all_logits else h[-1:]
-            h = p.lm_head(mx.fast.rms_norm(rows, p.norm, self.config.rms_norm_eps))
+        inp = mx.array(x.astype(np.int32) if self.is_first else x)
+        if t == 1:
+            keys, values = cache.keys, cache.values
+            cache.keys, cache.values = [], []  # drop our references: the updates may reuse the buffers
+            h, cache.keys, cache.values = self._step(inp, mx.array(pos, dtype=mx.int32), keys, values)
+            del keys, values
+        else:
+            h = self._prefill(inp, cache, pos, all_logits)
         mx.eval(h, *cache.arrays())
         cache.pos = pos + t
         out = np.array(h, copy=True)
