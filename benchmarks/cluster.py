@@ -62,7 +62,8 @@ def best_decode(node: NodeProcess, tokens: int, repeats: int) -> float:
     return max(decode_rate(stream_times(node, tokens)) for _ in range(repeats))
 
 
-ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1"}  # NodeProcess's default, spelled out
+DEFAULT_THREADS = {"OPENBLAS_NUM_THREADS": ""}  # unset: OpenBLAS picks its own count
 
 
 def cluster(tmp: Path, n: int, env: dict[str, str] | None = None) -> list[NodeProcess]:
@@ -100,7 +101,7 @@ def main() -> None:
     out: dict[str, Any] = {"tokens": args.tokens}
     with tempfile.TemporaryDirectory(prefix="exo-bench-cluster-") as d:
         tmp = Path(d)
-        nodes = cluster(tmp, 1, env={})
+        nodes = cluster(tmp, 1, env=DEFAULT_THREADS)
         try:
             out["decode_tok_s_1node_default_threads"] = round(
                 best_decode(nodes[0], args.tokens, args.repeats), 2

@@ -3,6 +3,10 @@
 Each :class:`NodeProcess` runs ``python -m exo_core.cli`` with its own config dir (so its own persistent
 node id), a free node port and a free API port on 127.0.0.1, and an explicit discovery module (tests never
 use the UDP default on the real network). :meth:`NodeProcess.start` returns once ``/healthcheck`` answers.
+
+Several nodes share this machine's cores, so each runs with ``OPENBLAS_NUM_THREADS=1`` unless ``env`` says
+otherwise: OpenBLAS worker threads spin while idle, and node processes with spinning threads slow each other
+down several times over (see benchmarks/cluster.py).
 """
 
 from __future__ import annotations
@@ -92,8 +96,15 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
-        env.update({"EXO_CONFIG_DIR": str(self.workdir / "config"), "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "EXO_CONFIG_DIR": str(self.workdir / "config"),
+                "PYTHONUNBUFFERED": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+            }
+        )
         env.update(self.env)
+        env = {k: v for k, v in env.items() if v != ""}  # an empty value in ``self.env`` unsets a variable
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
