@@ -39,7 +39,7 @@ def test_sdk_streamed_and_non_streamed(
         assert text == done.choices[0].message.content
         assert chunks[-1].choices[0].finish_reason == done.choices[0].finish_reason
 
-        with pytest.raises(openai.NotFoundError, match="model .no-such-model. not found"):
+        with pytest.raises(openai.NotFoundError, match=r"model 'no-such-model' not found"):
             client.chat.completions.create(model="no-such-model", messages=messages)
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="smollm2-135m", messages=messages, temperature=7)

@@ -1,4 +1,4 @@
-"""Which BLAS MLX's CPU backend uses on Linux, and how to give it a fast one.
+"""Which BLAS MLX's CPU backend uses on Linux, and how to give it a fast one (Intel MKL or OpenBLAS).
 
 The Linux ``mlx[cpu]`` wheel links its dense matmul (``cblas_sgemm``) against a bundled copy of the
 reference netlib BLAS (``mlx_cpu.libs/libblas-*.so``): single-threaded and unblocked, ~5 GFLOP/s. Debian's
@@ -12,12 +12,18 @@ reference netlib BLAS (``mlx_cpu.libs/libblas-*.so``): single-threaded and unblo
 
 NumPy's own OpenBLAS cannot serve: its symbols carry a suffix (``scipy_cblas_sgemm64_``), so it never
 interposes, and the two libraries live side by side without conflict.
+
+Intel MKL (the ``mkl`` wheel from PyPI, installed by the plugin's ``mkl`` extra) exports the same CBLAS
+names from ``libmkl_rt`` and is preferred when installed: MLX's CPU matmul calls ``cblas_sgemm`` even for
+one-row (decode) products, and MKL streams the weight matrix for those where OpenBLAS repacks it
+(measured ~1.5x faster decode, see docs/engines.md).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import logging
 import os
 import sys
@@ -36,6 +42,8 @@ OPENBLAS_CANDIDATES = (
     "/usr/lib64/libopenblas.so.0",
     "/usr/lib/libopenblas.so.0",
 )
+#: MKL's single dynamic library (``mkl`` wheel: ``<prefix>/lib/libmkl_rt.so.N``).
+MKL_PATTERNS = ("lib/libmkl_rt.so.*", "lib/libmkl_rt.so")
 #: Dense float32 matmul below this rate means the reference BLAS (measured: ~5 vs ~170 GFLOP/s here).
 SLOW_GFLOPS = 25.0
 
@@ -45,6 +53,7 @@ _state: dict[str, str | None] = {"preloaded": None}
 def fix_command() -> str:
     """The commands that give MLX a fast BLAS on Debian/Ubuntu (for logs and docs)."""
     return (
+        "install the plugin's MKL extra (pip install 'exo-engine-mlx[mkl]'), or "
         "apt-get install libopenblas0-pthread, then start exo with "
         "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 "
         "(or let the mlx engine load it: EXO_ENGINE_MLX_BLAS=auto, the default, works when nothing "
@@ -63,25 +72,43 @@ def find_openblas(explicit: str = "") -> str | None:
     return found
 
 
+def find_mkl() -> str | None:
+    """Path of the MKL runtime library installed in this Python environment (the ``mkl`` wheel), if any."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for pattern in MKL_PATTERNS:
+            found = sorted(glob.glob(os.path.join(prefix, pattern)))
+            if found:
+                return found[-1]
+    return None
+
+
+def find_fast_blas(explicit: str = "") -> str | None:
+    """The library to load for MLX: ``explicit`` if given (must exist), else MKL, else a system OpenBLAS."""
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    return find_mkl() or find_openblas()
+
+
 def preloaded() -> str | None:
     """The OpenBLAS this module loaded, or ``None``."""
     return _state["preloaded"]
 
 
 def preload_openblas(explicit: str = "") -> str | None:
-    """Load a system OpenBLAS globally so MLX binds to it; returns its path, or ``None`` if not done.
+    """Load a fast BLAS (:func:`find_fast_blas`: MKL, else a system OpenBLAS) globally so MLX binds to it;
+    returns its path, or ``None`` if not done.
 
     Only acts on Linux, before ``mlx.core`` is imported, and once per process. A preload already given through
     ``LD_PRELOAD`` is left alone. Never raises: a library that fails to load is logged and skipped.
     """
     if not sys.platform.startswith("linux") or _state["preloaded"]:
         return _state["preloaded"]
-    if "openblas" in os.environ.get("LD_PRELOAD", ""):
+    if any(name in os.environ.get("LD_PRELOAD", "") for name in ("openblas", "mkl")):
         return None
     if "mlx.core" in sys.modules:
         log.debug("mlx.core is already imported; too late to preload OpenBLAS in-process")
         return None
-    path = find_openblas(explicit)
+    path = find_fast_blas(explicit)
     if path is None:
         if explicit:
             log.warning("EXO_ENGINE_MLX_BLAS_PATH=%s does not exist; MLX keeps its bundled BLAS", explicit)
@@ -92,7 +119,7 @@ def preload_openblas(explicit: str = "") -> str | None:
         log.warning("could not load %s (%s); MLX keeps its bundled reference BLAS", path, exc)
         return None
     _state["preloaded"] = path
-    log.info("loaded %s globally so MLX's CPU matmul uses OpenBLAS", path)
+    log.info("loaded %s globally so MLX's CPU matmul uses it", path)
     return path
 
 
@@ -133,9 +160,12 @@ def cpu_blas_report() -> BlasReport:
     """Measure and describe the BLAS MLX's CPU backend uses in this process."""
     gflops = measure_gflops()
     slow = gflops < SLOW_GFLOPS
-    if _state["preloaded"]:
-        library = f"openblas ({_state['preloaded']}, loaded by exo)"
-    elif "openblas" in os.environ.get("LD_PRELOAD", ""):
+    loaded, ld_preload = _state["preloaded"], os.environ.get("LD_PRELOAD", "")
+    if loaded:
+        library = f"{'mkl' if 'mkl' in Path(loaded).name else 'openblas'} ({loaded}, loaded by exo)"
+    elif "mkl" in ld_preload:
+        library = "mkl (LD_PRELOAD)"
+    elif "openblas" in ld_preload:
         library = "openblas (LD_PRELOAD)"
     elif sys.platform == "darwin":
         library = "Accelerate"

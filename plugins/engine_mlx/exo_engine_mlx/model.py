@@ -137,17 +137,28 @@ class ShardModel:
         caches come back updated."""
         import mlx.core as mx
 
+        c = self.config
+        nh, nkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
+        n_qk = (nh + nkv) * hd
         h = self._embed_in(x)
         capacity = keys[0].shape[2]
         mask = mx.where(mx.arange(capacity) <= pos, 0.0, -mx.inf).astype(mx.float32)
-        new_keys, new_values = [], []
         start = pos.reshape(1)
+        freqs = self.params.freqs
+        new_keys, new_values = [], []
         for b, kc, vc in zip(self.params.blocks, keys, values, strict=True):
-            q, k, v = self._qkv(h, b, pos)
-            kc = mx.slice_update(kc, k, start, axes=(2,))
-            vc = mx.slice_update(vc, v, start, axes=(2,))
-            att = mx.fast.scaled_dot_product_attention(q, kc, vc, scale=self.scale, mask=mask)
-            h = self._out(h, att, b)
+            # one row: (1, heads, 1, hd) is a plain reshape, and q and k rotate in one RoPE call
+            qkv = b.qkv(mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps))
+            if b.qkv_bias is not None:
+                qkv = qkv + b.qkv_bias
+            qk = mx.fast.rope(qkv[:, :n_qk].reshape(1, nh + nkv, 1, hd), hd, traditional=False, base=None,
+                              scale=1.0, offset=pos, freqs=freqs)
+            kc = mx.slice_update(kc, qk[:, nh:], start, axes=(2,))
+            vc = mx.slice_update(vc, qkv[:, n_qk:].reshape(1, nkv, 1, hd), start, axes=(2,))
+            att = mx.fast.scaled_dot_product_attention(qk[:, :nh], kc, vc, scale=self.scale, mask=mask)
+            h = h + b.o(att.reshape(1, nh * hd))
+            g, u = mx.split(b.gate_up(mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps)), 2, axis=-1)
+            h = h + b.down(g * mx.sigmoid(g) * u)
             new_keys.append(kc)
             new_values.append(vc)
         return (self._head(h) if self.is_last else h), new_keys, new_values
@@ -183,7 +194,10 @@ class ShardModel:
         if t == 1:
             keys, values = cache.keys, cache.values
             cache.keys, cache.values = [], []  # drop our references: the updates may reuse the buffers
-            h, cache.keys, cache.values = self._step(inp, mx.array(pos, dtype=mx.int32), keys, values)
+            try:
+                h, keys, values = self._step(inp, mx.array(pos, dtype=mx.int32), keys, values)
+            finally:
+                cache.keys, cache.values = keys, values
             del keys, values
         else:
             h = self._prefill(inp, cache, pos, all_logits)

@@ -45,6 +45,22 @@ async def test_chunked_prefill_and_cache_growth_match_one_prefill(source: ModelS
     assert engine.position("pieces") == len(PROMPT)
 
 
+async def test_compiled_decode_steps_match_one_prefill(source: ModelSource, n_layers: int) -> None:
+    # one-token steps take the compiled whole-shard path (position as an array, attention over the whole
+    # capacity under a mask); cache_step=4 makes it retrace at each growth; two interleaved requests keep
+    # their own caches
+    engine = MlxEngine(representation="dense", cache_step=4)
+    await engine.load(source, 0, n_layers - 1, n_layers)
+    whole = await engine.forward("whole", PROMPT, all_logits=True)
+    other = await engine.forward("other", PROMPT[::-1].copy(), all_logits=True)
+    for i in range(len(PROMPT)):
+        step = await engine.forward("steps", PROMPT[i : i + 1])
+        np.testing.assert_allclose(step, whole[i], atol=2e-4)
+        back = await engine.forward("back", PROMPT[::-1][i : i + 1].copy())
+        np.testing.assert_allclose(back, other[i], atol=2e-4)
+    assert engine.position("steps") == engine.position("back") == len(PROMPT)
+
+
 async def test_quantized_matches_dense(dense_engine: MlxEngine, quantized_engine: MlxEngine) -> None:
     # the Q4_1 blocks are repacked bit for bit, so both representations compute the same function
     assert quantized_engine.representation == "quantized"

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,12 +68,22 @@ def test_bundled_blas_is_the_slow_reference_blas() -> None:
     assert report["slow"] and "reference" in report["library"], report
 
 
-@pytest.mark.skipif(blas.find_openblas() is None,
-                    reason="no system OpenBLAS (apt-get install libopenblas0-pthread)")
-def test_auto_blas_preloads_system_openblas() -> None:
+@pytest.mark.skipif(blas.find_fast_blas() is None,
+                    reason="no MKL (the plugin's mkl extra) and no system OpenBLAS (libopenblas0-pthread)")
+def test_auto_blas_preloads_the_fast_blas() -> None:
     report = _probe("auto")
-    assert report["preloaded"] == blas.find_openblas()
-    assert "openblas" in report["library"], report
+    expected = blas.find_fast_blas()
+    assert expected is not None and report["preloaded"] == expected
+    kind = "mkl" if "mkl" in Path(expected).name else "openblas"
+    assert report["library"].startswith(kind) and not report["slow"], report
+
+
+def test_fast_blas_prefers_mkl_then_openblas() -> None:
+    mkl = blas.find_mkl()
+    assert blas.find_fast_blas() == (mkl or blas.find_openblas())
+    if mkl is not None:
+        assert Path(mkl).is_file() and "libmkl_rt" in Path(mkl).name
+    assert blas.find_fast_blas("/nonexistent/libmkl_rt.so.2") is None
 
 
 def test_preload_is_refused_after_mlx_import(monkeypatch: pytest.MonkeyPatch) -> None:

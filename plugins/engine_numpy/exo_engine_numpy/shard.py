@@ -103,7 +103,15 @@ def _load_layer(
         bias = (get(p + "q_bias"), get(p + "k_bias"), get(p + "v_bias"))
     return fuse_layer(
         config,
-        *(get(p + part) for part in ("q", "k", "v", "o", "gate", "up", "down", "attn_norm", "ffn_norm")),
+        q=get(p + "q"),
+        k=get(p + "k"),
+        v=get(p + "v"),
+        o=get(p + "o"),
+        gate=get(p + "gate"),
+        up=get(p + "up"),
+        down=get(p + "down"),
+        attn_norm=get(p + "attn_norm"),
+        ffn_norm=get(p + "ffn_norm"),
         bias=bias,
     )
 

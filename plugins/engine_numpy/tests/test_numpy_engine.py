@@ -131,3 +131,18 @@ async def test_bad_layer_ranges(tiny_folders: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="has 3"):
         await e.load(source, 0, 1, 4)
     assert e.shard() is None
+
+
+def test_rope_table_grows_and_matches_direct_angles() -> None:
+    from exo_engine_numpy.layers import RopeTable
+
+    inv = (1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16)).astype(np.float32)
+    table = RopeTable(inv, initial=4)
+    cos2, sin2 = table.get(1000, 3)  # past the initial 4 positions: the table grows
+    assert cos2.shape == sin2.shape == (3, 2, 8) and cos2.dtype == sin2.dtype == np.float32
+    ang = np.arange(1000, 1003, dtype=np.float32)[:, None] * inv[None, :]
+    np.testing.assert_array_equal(cos2[:, 0], np.cos(ang))
+    np.testing.assert_array_equal(cos2[:, 1], np.cos(ang))
+    np.testing.assert_array_equal(sin2[:, 0], -np.sin(ang))
+    np.testing.assert_array_equal(sin2[:, 1], np.sin(ang))
+    assert table.get(0, 1)[0].shape == (1, 2, 8)
