@@ -16,3 +16,13 @@ def test_model_path_becomes_the_default(tmp_path: Path) -> None:
     assert catalog.model_ids()[0] == "mine"
     assert "smollm2-135m" in catalog.model_ids()
     assert catalog.knows("mine") and catalog.knows("smollm2-135m") and not catalog.knows("other")
+
+
+def test_concurrent_forwards_follow_blas_threads() -> None:
+    from exo_core.orchestration.stages import concurrent_forwards
+
+    assert concurrent_forwards({}, cores=2) == 1  # BLAS uses every core already
+    assert concurrent_forwards({"OPENBLAS_NUM_THREADS": "1"}, cores=2) == 2
+    assert concurrent_forwards({"OMP_NUM_THREADS": "2"}, cores=8) == 4
+    assert concurrent_forwards({"OPENBLAS_NUM_THREADS": "4"}, cores=2) == 1
+    assert concurrent_forwards({"OPENBLAS_NUM_THREADS": "x"}, cores=2) == 1
