@@ -56,9 +56,16 @@ class MlxEngine:
         RuntimeError: MLX cannot be imported here.
     """
 
-    def __init__(self, *, representation: RepresentationChoice = "auto", max_context: int = 0,
-                 cache_step: int = 256, compile: bool = True, blas: BlasChoice = "auto",
-                 blas_path: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        representation: RepresentationChoice = "auto",
+        max_context: int = 0,
+        cache_step: int = 256,
+        compile: bool = True,
+        blas: BlasChoice = "auto",
+        blas_path: str = "",
+    ) -> None:
         reason = import_mlx(blas, blas_path)
         if reason is not None:
             raise RuntimeError(reason)
@@ -100,8 +107,9 @@ class MlxEngine:
             self._model = None  # release the old shard's memory before reading the new one
             self._caches.clear()
             self._info = self._key = None
-            model = await anyio.to_thread.run_sync(self._build, source, first_layer, last_layer,
-                                                   limiter=self._limiter)
+            model = await anyio.to_thread.run_sync(
+                self._build, source, first_layer, last_layer, limiter=self._limiter
+            )
             self._model, self._key = model, key
             self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
 
@@ -110,10 +118,18 @@ class MlxEngine:
         rep = choose_representation(self.representation_choice, source, on_gpu())
         started = time.perf_counter()
         params = load_params(source, first, last, rep)
-        log.info("mlx: loaded %s layers %d..%d (%s, %.1f MB) in %.2f s", source.model_id, first, last, rep,
-                 params.nbytes() / 1e6, time.perf_counter() - started)
-        return ShardModel(config, params, is_first=first == 0, is_last=last == config.n_layers - 1,
-                          compile=self.compile)
+        log.info(
+            "mlx: loaded %s layers %d..%d (%s, %.1f MB) in %.2f s",
+            source.model_id,
+            first,
+            last,
+            rep,
+            params.nbytes() / 1e6,
+            time.perf_counter() - started,
+        )
+        return ShardModel(
+            config, params, is_first=first == 0, is_last=last == config.n_layers - 1, compile=self.compile
+        )
 
     def _check_input(self, model: ShardModel, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -121,7 +137,8 @@ class MlxEngine:
         if model.is_first:
             if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
                 raise ValueError(
-                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}")
+                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}"
+                )
             if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
                 raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
             return x.astype(np.int32, copy=False)

@@ -45,7 +45,8 @@ class KVCache:
         need = self.pos + n
         if need > self.max_len:
             raise ValueError(
-                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}")
+                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}"
+            )
         if need <= self.capacity:
             return
         new_cap = min(self.max_len, -(-need // self.step) * self.step)
@@ -55,8 +56,13 @@ class KVCache:
                 store.extend(mx.zeros(shape, mx.float32) for _ in range(self.n_blocks))
             else:
                 for i, old in enumerate(store):
-                    store[i] = mx.concatenate([old[:, :, : self.pos], mx.zeros(
-                        (1, self.n_kv_heads, new_cap - self.pos, self.head_dim), mx.float32)], axis=2)
+                    store[i] = mx.concatenate(
+                        [
+                            old[:, :, : self.pos],
+                            mx.zeros((1, self.n_kv_heads, new_cap - self.pos, self.head_dim), mx.float32),
+                        ],
+                        axis=2,
+                    )
         self.capacity = new_cap
 
     def arrays(self) -> list[mx.array]:
@@ -75,15 +81,17 @@ class ShardModel:
     (only when the cache grows, every ``cache_step`` positions). Prompts run eagerly.
     """
 
-    def __init__(self, config: ModelConfig, params: ShardParams, *, is_first: bool, is_last: bool,
-                 compile: bool = True) -> None:
+    def __init__(
+        self, config: ModelConfig, params: ShardParams, *, is_first: bool, is_last: bool, compile: bool = True
+    ) -> None:
         import mlx.core as mx
 
         self.config, self.params = config, params
         self.is_first, self.is_last = is_first, is_last
         self.scale = 1.0 / math.sqrt(config.head_dim)
         self._step: Callable[..., tuple[mx.array, list[mx.array], list[mx.array]]] = (
-            mx.compile(self._decode) if compile else self._decode)
+            mx.compile(self._decode) if compile else self._decode
+        )
 
     def new_cache(self, step: int, max_len: int) -> KVCache:
         """An empty cache for one request."""
@@ -131,8 +139,9 @@ class ShardModel:
         assert p.norm is not None and p.lm_head is not None
         return p.lm_head(mx.fast.rms_norm(h, p.norm, self.config.rms_norm_eps))
 
-    def _decode(self, x: mx.array, pos: mx.array, keys: list[mx.array],
-                values: list[mx.array]) -> tuple[mx.array, list[mx.array], list[mx.array]]:
+    def _decode(
+        self, x: mx.array, pos: mx.array, keys: list[mx.array], values: list[mx.array]
+    ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
         """One token through the shard (traced by ``mx.compile``): ``pos`` is an int32 scalar array; the
         caches come back updated."""
         import mlx.core as mx
@@ -151,8 +160,15 @@ class ShardModel:
             qkv = b.qkv(mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps))
             if b.qkv_bias is not None:
                 qkv = qkv + b.qkv_bias
-            qk = mx.fast.rope(qkv[:, :n_qk].reshape(1, nh + nkv, 1, hd), hd, traditional=False, base=None,
-                              scale=1.0, offset=pos, freqs=freqs)
+            qk = mx.fast.rope(
+                qkv[:, :n_qk].reshape(1, nh + nkv, 1, hd),
+                hd,
+                traditional=False,
+                base=None,
+                scale=1.0,
+                offset=pos,
+                freqs=freqs,
+            )
             kc = mx.slice_update(kc, qk[:, nh:], start, axes=(2,))
             vc = mx.slice_update(vc, qkv[:, n_qk:].reshape(1, nkv, 1, hd), start, axes=(2,))
             att = mx.fast.scaled_dot_product_attention(qk[:, :nh], kc, vc, scale=self.scale, mask=mask)
@@ -175,8 +191,12 @@ class ShardModel:
             values[:, :, pos:end] = v
             cache.keys[li], cache.values[li] = keys, values
             att = mx.fast.scaled_dot_product_attention(
-                q, keys[:, :, :end], values[:, :, :end], scale=self.scale,
-                mask="causal" if h.shape[0] > 1 else None)
+                q,
+                keys[:, :, :end],
+                values[:, :, :end],
+                scale=self.scale,
+                mask="causal" if h.shape[0] > 1 else None,
+            )
             h = self._out(h, att, b)
         if self.is_last:
             h = self._head(h if all_logits else h[-1:])

@@ -30,11 +30,15 @@ class MlxEngineSettings(BaseSettings):
     cli_prefix: ClassVar[str] = "mlx-"
 
     representation: Literal["auto", "dense", "quantized"] = Field(
-        "auto", description="weights: dense float32, quantized (MLX affine, as close to the source as MLX "
-        "allows), or auto (quantized on Metal for quantized sources, dense on the CPU backend)")
+        "auto",
+        description="weights: dense float32, quantized (MLX affine, as close to the source as MLX "
+        "allows), or auto (quantized on Metal for quantized sources, dense on the CPU backend)",
+    )
     blas: Literal["auto", "bundled"] = Field(
-        "auto", description="Linux CPU: auto loads a system OpenBLAS before MLX (fast dense matmul); "
-        "bundled keeps the wheel's reference BLAS")
+        "auto",
+        description="Linux CPU: auto loads a system OpenBLAS before MLX (fast dense matmul); "
+        "bundled keeps the wheel's reference BLAS",
+    )
     blas_path: str = Field("", description="OpenBLAS to load instead of the known Debian/Ubuntu paths")
     max_context: int = Field(0, ge=0, description="max positions per request (0: the model's context length)")
     cache_step: int = Field(256, ge=1, description="the KV cache grows in steps of this many positions")
@@ -56,12 +60,22 @@ def build(ctx: ComponentContext) -> MlxEngine:
     check_blas()
     from exo_engine_mlx.engine import MlxEngine
 
-    return MlxEngine(representation=settings.representation, max_context=settings.max_context,
-                     cache_step=settings.cache_step, compile=settings.compile, blas=settings.blas,
-                     blas_path=settings.blas_path)
+    return MlxEngine(
+        representation=settings.representation,
+        max_context=settings.max_context,
+        cache_step=settings.cache_step,
+        compile=settings.compile,
+        blas=settings.blas,
+        blas_path=settings.blas_path,
+    )
 
 
 @hookimpl
 def exo_register_engine(register: RegisterComponent) -> None:
-    register("mlx", build, settings=MlxEngineSettings, available=available,
-             description="MLX engine (Apple silicon GPU, Linux CPU)")
+    register(
+        "mlx",
+        build,
+        settings=MlxEngineSettings,
+        available=available,
+        description="MLX engine (Apple silicon GPU, Linux CPU)",
+    )

@@ -46,8 +46,15 @@ _GGML_TO_MLX: dict[int, tuple[int, int]] = {
 }
 
 _GLOBAL = {"embed": "token_embd.weight", "lm_head": "output.weight"}
-_LAYER = {"q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight",
-          "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight"}
+_LAYER = {
+    "q": "attn_q.weight",
+    "k": "attn_k.weight",
+    "v": "attn_v.weight",
+    "o": "attn_output.weight",
+    "gate": "ffn_gate.weight",
+    "up": "ffn_up.weight",
+    "down": "ffn_down.weight",
+}
 _LAYER_RE = re.compile(r"layers\.(\d+)\.(\w+)")
 
 
@@ -138,5 +145,9 @@ def gguf_affine(source: ModelSource, config: ModelConfig, internal: str) -> Affi
     if config.architecture in _PERMUTED_ARCHS and part in ("q", "k"):
         heads = config.n_heads if part == "q" else config.n_kv_heads
         packed, scales, biases = (unpermute_qk(a, heads) for a in (packed, scales, biases))
-    return AffineMatrix(np.ascontiguousarray(packed), np.ascontiguousarray(scales),
-                        np.ascontiguousarray(biases), QuantSpec(bits, 32))
+    return AffineMatrix(
+        np.ascontiguousarray(packed),
+        np.ascontiguousarray(scales),
+        np.ascontiguousarray(biases),
+        QuantSpec(bits, 32),
+    )

@@ -50,7 +50,11 @@ def check_blas() -> None:
 
     report = cpu_blas_report()
     if report.slow:
-        log.warning("mlx: dense matmul runs on %s at %.1f GFLOP/s (~30x slower than OpenBLAS); fix: %s",
-                    report.library, report.gflops, fix_command())
+        log.warning(
+            "mlx: dense matmul runs on %s at %.1f GFLOP/s (~30x slower than OpenBLAS); fix: %s",
+            report.library,
+            report.gflops,
+            fix_command(),
+        )
     else:
         log.info("mlx: dense matmul runs on %s at %.1f GFLOP/s", report.library, report.gflops)

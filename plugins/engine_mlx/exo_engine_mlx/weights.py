@@ -10,7 +10,6 @@ to the source's (Q4_1 -> 4 bits, groups of 32: the same grid, so it is nearly lo
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from exo_core.models.config import ModelConfig
+from exo_core.models.rope import rope_inv_freq
 from exo_core.models.source import ModelSource, ensure_layers, load_config, open_weights
 from exo_core.models.weights import names_for_shard
 from exo_engine_mlx.quant import QuantSpec, fits, gguf_affine, source_quant
@@ -65,8 +65,9 @@ class Linear:
 
         if self.scales is None:
             return x @ self.w if self.transposed else x @ self.w.T
-        return mx.quantized_matmul(x, self.w, self.scales, self.biases, transpose=True,
-                                   group_size=self.group_size, bits=self.bits)
+        return mx.quantized_matmul(
+            x, self.w, self.scales, self.biases, transpose=True, group_size=self.group_size, bits=self.bits
+        )
 
     def rows(self, ids: mx.array) -> mx.array:
         """Rows ``ids`` of ``W`` as float32 (the embedding lookup)."""
@@ -75,8 +76,9 @@ class Linear:
         if self.scales is None:
             return mx.take(self.w, ids, axis=1).T if self.transposed else self.w[ids]
         assert self.biases is not None
-        return mx.dequantize(self.w[ids], self.scales[ids], self.biases[ids], group_size=self.group_size,
-                             bits=self.bits)
+        return mx.dequantize(
+            self.w[ids], self.scales[ids], self.biases[ids], group_size=self.group_size, bits=self.bits
+        )
 
     @property
     def nbytes(self) -> int:
@@ -139,35 +141,12 @@ class ShardParams:
         return out
 
 
-def rope_inv_freq(config: ModelConfig, rope_freqs: np.ndarray | None = None) -> np.ndarray:
-    """RoPE inverse frequencies ``(head_dim/2,)`` with the model's theta and scaling (linear, llama3)."""
-    hd = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-    scaling = config.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind == "linear":
-        inv = inv / float(scaling["factor"])
-    elif kind == "llama3":
-        factor = float(scaling["factor"])
-        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-        old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
-        wavelen = 2 * math.pi / inv
-        smooth = (old_ctx / wavelen - low) / (high - low)
-        scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
-        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
-        inv = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
-    elif kind not in (None, "default"):
-        raise ValueError(f"RoPE scaling {kind!r} is not supported (supported: linear, llama3)")
-    if rope_freqs is not None:  # GGUF llama3 models store per-frequency divisors as a tensor
-        inv = inv / rope_freqs.astype(np.float64)
-    return inv.astype(np.float32)
-
-
 class _Loader:
     """Reads tensors of one shard and builds MLX :class:`Linear` matrices in the chosen representation."""
 
-    def __init__(self, source: ModelSource, config: ModelConfig, first: int, last: int,
-                 representation: Representation) -> None:
+    def __init__(
+        self, source: ModelSource, config: ModelConfig, first: int, last: int, representation: Representation
+    ) -> None:
         self.source, self.config, self.representation = source, config, representation
         self.reader = open_weights(source)
         self.wanted = set(names_for_shard(config, self.reader.names(), first, last))
@@ -198,8 +177,13 @@ class _Loader:
                 def cat(arrays: list[np.ndarray]) -> mx.array:
                     return mx.array(arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0))
 
-                return Linear(cat([e.w for e in parts]), cat([e.scales for e in parts]),
-                              cat([e.biases for e in parts]), spec.bits, spec.group_size)
+                return Linear(
+                    cat([e.w for e in parts]),
+                    cat([e.scales for e in parts]),
+                    cat([e.biases for e in parts]),
+                    spec.bits,
+                    spec.group_size,
+                )
         missing = [n for n in names if n not in self.wanted]
         if missing:
             raise ValueError(f"model {self.source.model_id} lacks tensor {missing[0]}")
@@ -220,7 +204,8 @@ class _Loader:
                 if in_features % group == 0:
                     return QuantSpec(spec.bits if spec.bits in (2, 3, 4, 5, 6, 8) else 8, group)
             raise ValueError(
-                f"{name}: rows of {in_features} values cannot be quantized by MLX (groups 32/64/128)")
+                f"{name}: rows of {in_features} values cannot be quantized by MLX (groups 32/64/128)"
+            )
         return spec
 
     def block(self, i: int) -> Block:
@@ -241,8 +226,13 @@ class _Loader:
         )
 
 
-def load_params(source: ModelSource, first: int, last: int, representation: Representation,
-                on_block: Callable[[], None] | None = None) -> ShardParams:
+def load_params(
+    source: ModelSource,
+    first: int,
+    last: int,
+    representation: Representation,
+    on_block: Callable[[], None] | None = None,
+) -> ShardParams:
     """Read layers ``first..last`` (+ embedding / final norm / head when first / last) into MLX arrays.
 
     Each block is evaluated as soon as it is built, so peak memory stays one block of float32 above the
@@ -261,8 +251,9 @@ def load_params(source: ModelSource, first: int, last: int, representation: Repr
         if on_block is not None:
             on_block()
     rope = loader.get("rope_freqs") if "rope_freqs" in loader.wanted else None
-    params = ShardParams(blocks=blocks, freqs=mx.array(1.0 / rope_inv_freq(config, rope)),
-                         representation=representation)
+    params = ShardParams(
+        blocks=blocks, freqs=mx.array(1.0 / rope_inv_freq(config, rope)), representation=representation
+    )
     if first == 0:
         params.embed = loader.linear(["embed"])
     if last == config.n_layers - 1:

@@ -60,8 +60,9 @@ async def test_dense_matches_llamacpp_f32(dense_engine: MlxEngine, llamacpp_fixt
 
 
 @pytest.mark.parametrize("which", [0, 3, 5])
-async def test_quantized_matches_llamacpp(quantized_engine: MlxEngine, llamacpp_fixture: dict[str, Any],
-                                          which: int) -> None:
+async def test_quantized_matches_llamacpp(
+    quantized_engine: MlxEngine, llamacpp_fixture: dict[str, Any], which: int
+) -> None:
     q4 = llamacpp_fixture["q4_1"]["prompts"][which]
     f32 = llamacpp_fixture["f32"]["prompts"][which]
     last = str(len(q4["ids"]) - 1)
@@ -74,8 +75,9 @@ async def test_quantized_matches_llamacpp(quantized_engine: MlxEngine, llamacpp_
     np.testing.assert_allclose(row[ref["ids"]], ref["values"], atol=2e-3)
 
 
-async def test_greedy_decode_matches_llamacpp_f32(dense_engine: MlxEngine, source: ModelSource,
-                                                 llamacpp_fixture: dict[str, Any]) -> None:
+async def test_greedy_decode_matches_llamacpp_f32(
+    dense_engine: MlxEngine, source: ModelSource, llamacpp_fixture: dict[str, Any]
+) -> None:
     greedy = llamacpp_fixture["f32"]["greedy"]
     ids = load_tokenizer(source).encode(greedy["prompt"])
     logits = await dense_engine.forward("greedy", np.array(ids))

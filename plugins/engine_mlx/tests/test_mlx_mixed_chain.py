@@ -51,8 +51,9 @@ def numpy_engines(source: ModelSource, n_layers: int) -> dict[str, InferenceEngi
 
 
 @pytest.mark.timeout(180)
-async def test_numpy_then_mlx_matches_numpy(source: ModelSource, n_layers: int,
-                                            numpy_engines: dict[str, InferenceEngine]) -> None:
+async def test_numpy_then_mlx_matches_numpy(
+    source: ModelSource, n_layers: int, numpy_engines: dict[str, InferenceEngine]
+) -> None:
     ids = load_tokenizer(source).encode(PROMPT)
     reference = await _greedy([numpy_engines["whole"]], ids, "ref")
     mlx_tail = MlxEngine(representation="dense")

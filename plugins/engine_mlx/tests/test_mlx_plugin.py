@@ -55,8 +55,14 @@ print(json.dumps({"library": r.library, "slow": r.slow, "gflops": r.gflops, "pre
 
 def _probe(choice: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    done = subprocess.run([sys.executable, "-c", _PROBE, choice], capture_output=True, text=True, env=env,
-                          timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, choice],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -68,8 +74,10 @@ def test_bundled_blas_is_the_slow_reference_blas() -> None:
     assert report["slow"] and "reference" in report["library"], report
 
 
-@pytest.mark.skipif(blas.find_fast_blas() is None,
-                    reason="no MKL (the plugin's mkl extra) and no system OpenBLAS (libopenblas0-pthread)")
+@pytest.mark.skipif(
+    blas.find_fast_blas() is None,
+    reason="no MKL (the plugin's mkl extra) and no system OpenBLAS (libopenblas0-pthread)",
+)
 def test_auto_blas_preloads_the_fast_blas() -> None:
     report = _probe("auto")
     expected = blas.find_fast_blas()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from exo_core.models.config import ModelConfig
+from exo_core.models.rope import rope_inv_freq
 from exo_core.models.source import ModelSource, ensure_layers, load_config, open_weights
 from exo_core.models.weights import RowLookup, names_for_shard
 from exo_engine_numpy.layers import (
@@ -22,7 +23,6 @@ from exo_engine_numpy.layers import (
     fuse_layer,
     mlp_block,
     rms_norm,
-    rope_inv_freq,
 )
 
 log = logging.getLogger(__name__)
