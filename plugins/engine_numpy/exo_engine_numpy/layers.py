@@ -9,7 +9,10 @@ Weights are prepared once at load for few, cheap calls per token:
   docs/engines.md);
 * the RMSNorm weights are folded into the columns of the matrix that follows each norm
   (``(x * s * g) @ W.T == (x * s) @ (W * g).T``), and the attention scale ``1/sqrt(head_dim)`` into the q
-  rows (and q bias), so neither costs an operation per token.
+  rows (and q bias), so neither costs an operation per token;
+* copied into one 2 MiB-aligned :class:`WeightArena` in the order a decode step reads them, so the
+  matrices sit on transparent huge pages (NumPy only madvises allocations >= 4 MiB, and ``qkv``/``o``/
+  ``down`` are 1.3-3.5 MB each) and one step streams one contiguous region.
 
 q/k rows are in Hugging Face order, so RoPE is rotate-half. A single-token step (decode) takes a dedicated
 path on 1-D vectors with ~25 NumPy calls per block; prompts take the batched path.
@@ -75,6 +78,54 @@ def fuse_layer(
         gate_up_t=np.ascontiguousarray(gate_up.T),
         down=np.ascontiguousarray(down, dtype=F32),
     )
+
+
+#: transparent huge page size on x86-64 (and the alignment that lets the kernel back a region with them)
+HUGE_PAGE = 2 * 1024 * 1024
+
+
+class WeightArena:
+    """One float32 buffer, 2 MiB-aligned, that matrices are copied into back to back.
+
+    NumPy madvises (``MADV_HUGEPAGE``) every allocation of 4 MiB or more, so a large arena lives on huge
+    pages: fewer TLB misses for the many 1-3 MB per-block matrices, each of which alone would be too
+    small (and misaligned) for a huge page. Measured here: the block GEMVs of a decode step ~5-10% faster.
+
+    Args:
+        n_floats: capacity in float32 elements.
+    """
+
+    def __init__(self, n_floats: int) -> None:
+        raw = np.empty(n_floats + HUGE_PAGE // 4, F32)
+        skip = (-raw.ctypes.data % HUGE_PAGE) // 4
+        self.buf = raw[skip : skip + n_floats]
+        self.used = 0
+
+    def put(self, a: np.ndarray) -> np.ndarray:
+        """A C-contiguous float32 copy of ``a`` in the arena (``ValueError`` if it does not fit)."""
+        end = self.used + a.size
+        if end > self.buf.size:
+            raise ValueError(f"weight arena full: {self.used} + {a.size} > {self.buf.size} floats")
+        view = self.buf[self.used : end].reshape(a.shape)
+        view[...] = a
+        self.used = end
+        return view
+
+
+def pack_layer(lw: LayerWeights, arena: WeightArena) -> LayerWeights:
+    """``lw`` with its matrices copied into ``arena`` in decode order (qkv, o, gate_up, down)."""
+    return LayerWeights(
+        qkv_t=arena.put(lw.qkv_t),
+        qkv_bias=lw.qkv_bias,
+        o_t=arena.put(lw.o_t),
+        gate_up_t=arena.put(lw.gate_up_t),
+        down=arena.put(lw.down),
+    )
+
+
+def layer_floats(lw: LayerWeights) -> int:
+    """float32 elements of a layer's matrices (what :func:`pack_layer` puts in an arena)."""
+    return int(lw.qkv_t.size + lw.o_t.size + lw.gate_up_t.size + lw.down.size)
 
 
 class RopeTable:

@@ -17,11 +17,14 @@ from exo_engine_numpy.layers import (
     LayerWeights,
     RopeTable,
     ShardWeights,
+    WeightArena,
     attention_block,
     block_step,
     causal_mask,
     fuse_layer,
+    layer_floats,
     mlp_block,
+    pack_layer,
     rms_norm,
 )
 
@@ -77,7 +80,13 @@ def load_shard_weights(source: ModelSource, first: int, last: int) -> ShardWeigh
         assert arr.dtype == F32, (name, arr.dtype)
         return arr
 
-    layers = [_load_layer(get, wanted, config, i) for i in range(first, last + 1)]
+    # every block has the same shapes: size the arena from the first, then pack each block as it is read
+    # (peak memory: the arena plus one unpacked block)
+    layers = [_load_layer(get, wanted, config, first)]
+    arena = WeightArena(layer_floats(layers[0]) * (last - first + 1))
+    layers[0] = pack_layer(layers[0], arena)
+    for i in range(first + 1, last + 1):
+        layers.append(pack_layer(_load_layer(get, wanted, config, i), arena))
     out = ShardWeights(layers=layers)
     if last == config.n_layers - 1:
         out.norm = get("norm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import anyio
@@ -146,3 +147,25 @@ def test_rope_table_grows_and_matches_direct_angles() -> None:
     np.testing.assert_array_equal(sin2[:, 0], -np.sin(ang))
     np.testing.assert_array_equal(sin2[:, 1], np.sin(ang))
     assert table.get(0, 1)[0].shape == (1, 2, 8)
+
+
+async def test_layer_matrices_share_one_aligned_arena_in_decode_order(engine: NumpyEngine) -> None:
+    from exo_engine_numpy.layers import HUGE_PAGE
+
+    shard = engine._shard
+    assert shard is not None
+    mats = [m for lw in shard.weights.layers for m in (lw.qkv_t, lw.o_t, lw.gate_up_t, lw.down)]
+    assert mats[0].ctypes.data % HUGE_PAGE == 0
+    for prev, cur in itertools.pairwise(mats):  # back to back, in the order a decode step reads them
+        assert cur.ctypes.data == prev.ctypes.data + prev.nbytes
+        assert cur.flags.c_contiguous and cur.dtype == np.float32
+
+
+def test_weight_arena_refuses_to_overflow() -> None:
+    from exo_engine_numpy.layers import WeightArena
+
+    arena = WeightArena(6)
+    view = arena.put(np.arange(4, dtype=np.float32).reshape(2, 2))
+    np.testing.assert_array_equal(view, [[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match="arena full"):
+        arena.put(np.zeros(3, np.float32))
