@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import numpy as np
 
+    from exo_core.models.config import ModelConfig
     from exo_core.models.source import ModelSource
 
 
@@ -108,3 +109,28 @@ class InferenceEngine(Protocol):
 
     def memory(self) -> MemoryUsage:
         """Bytes held by weights and by KV caches right now."""
+
+
+def check_input(x: np.ndarray, config: ModelConfig, *, is_first: bool) -> np.ndarray:
+    """Validate a ``forward`` input for a shard, as every engine must.
+
+    Returns int64 token ids ``(T,)`` for a first shard, float32 C-contiguous hidden states ``(T, hidden)``
+    otherwise. Raises ``ValueError`` naming what is wrong (empty input, wrong shape or dtype, token ids
+    outside the vocabulary).
+    """
+    import numpy as np
+
+    x = np.asarray(x)
+    if is_first:
+        if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(
+                f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}"
+            )
+        if int(x.min()) < 0 or int(x.max()) >= config.vocab_size:
+            raise ValueError(f"token id out of range 0..{config.vocab_size - 1}")
+        return x.astype(np.int64, copy=False)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != config.hidden_size:
+        raise ValueError(f"expected hidden states of shape (T, {config.hidden_size}), got {x.shape}")
+    if x.dtype not in (np.float32, np.float16):
+        raise ValueError(f"hidden states must be float32 (or float16), got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)

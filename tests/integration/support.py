@@ -70,3 +70,13 @@ def stream(
 def plan_nodes(node: NodeProcess) -> list[str]:
     plan = node.get("/v1/topology")["plan"]
     return [s["node_id"] for s in plan["shards"]]
+
+
+def two_nodes(exo_node: Start, tmp_path: Path) -> tuple[NodeProcess, NodeProcess]:
+    """A remote node that knows nobody and a local node that dials it (direct discovery), joined."""
+    remote = exo_node(*no_peers(tmp_path, "remote"))
+    local = exo_node(
+        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
+    )
+    local.wait_for_nodes(2)
+    return local, remote

@@ -16,7 +16,7 @@ import pytest
 
 from exo_core.nodeproc import peers_file
 
-from .support import PROMPTS, Start, greedy, no_peers, plan_nodes, stream
+from .support import PROMPTS, Start, greedy, no_peers, plan_nodes, stream, two_nodes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,11 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_two_nodes_direct_match_single_node(
     exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
 ) -> None:
-    remote = exo_node(*no_peers(tmp_path, "remote"))
-    local = exo_node(
-        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
-    )
-    local.wait_for_nodes(2)
+    local, remote = two_nodes(exo_node, tmp_path)
     remote.wait_for_nodes(2)  # the remote learns the local node from the inbound connection alone
     for api_node in (local, remote):
         for prompt in PROMPTS[:2]:
@@ -58,11 +54,7 @@ def test_three_nodes_manual_match_single_node(
 def test_eight_concurrent_streams_on_two_nodes(
     exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
 ) -> None:
-    remote = exo_node(*no_peers(tmp_path, "remote"))
-    local = exo_node(
-        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
-    )
-    local.wait_for_nodes(2)
+    local, _ = two_nodes(exo_node, tmp_path)
     alone = {p: "".join(reference[p]) for p in PROMPTS}
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         results = list(pool.map(lambda p: stream(local, p, 20), PROMPTS))
@@ -74,11 +66,7 @@ def test_eight_concurrent_streams_on_two_nodes(
 def test_killed_node_ends_stream_with_error_and_survivor_serves(
     exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
 ) -> None:
-    remote = exo_node(*no_peers(tmp_path, "remote"))
-    local = exo_node(
-        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
-    )
-    local.wait_for_nodes(2)
+    local, remote = two_nodes(exo_node, tmp_path)
     chunks: list[float] = []
 
     def on_chunk(chunk: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from exo_core.engine import MemoryUsage, ShardInfo
+from exo_core.engine import MemoryUsage, ShardInfo, check_input
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_mlx.model import KVCache, ShardModel
 from exo_engine_mlx.quant import source_quant
@@ -131,29 +131,14 @@ class MlxEngine:
             config, params, is_first=first == 0, is_last=last == config.n_layers - 1, compile=self.compile
         )
 
-    def _check_input(self, model: ShardModel, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        cfg = model.config
-        if model.is_first:
-            if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(
-                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}"
-                )
-            if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
-                raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
-            return x.astype(np.int32, copy=False)
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != cfg.hidden_size:
-            raise ValueError(f"expected hidden states of shape (T, {cfg.hidden_size}), got {x.shape}")
-        if x.dtype not in (np.float32, np.float16):
-            raise ValueError(f"hidden states must be float32 (or float16), got {x.dtype}")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
     async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
         """See :meth:`exo_core.engine.InferenceEngine.forward`."""
         model = self._model
         if model is None:
             raise RuntimeError("the mlx engine has no model loaded; call load() first")
-        x = self._check_input(model, x)
+        x = check_input(x, model.config, is_first=model.is_first)
+        if model.is_first:
+            x = x.astype(np.int32)
         cache = self._caches.get(request_id)
         if cache is None:
             limit = model.config.context_length

@@ -8,7 +8,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from exo_core.engine import MemoryUsage, ShardInfo
+from exo_core.engine import MemoryUsage, ShardInfo, check_input
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_numpy.shard import KVCache, NumpyShard
 
@@ -54,29 +54,12 @@ class NumpyEngine:
             self._shard, self._key = shard, key
             self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
 
-    def _check_input(self, shard: NumpyShard, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        cfg = shard.config
-        if shard.is_first:
-            if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(
-                    f"first shard expects a non-empty 1-D array of token ids, got {x.dtype} {x.shape}"
-                )
-            if int(x.min()) < 0 or int(x.max()) >= cfg.vocab_size:
-                raise ValueError(f"token id out of range 0..{cfg.vocab_size - 1}")
-            return x.astype(np.int64, copy=False)
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != cfg.hidden_size:
-            raise ValueError(f"expected hidden states of shape (T, {cfg.hidden_size}), got {x.shape}")
-        if x.dtype not in (np.float32, np.float16):
-            raise ValueError(f"hidden states must be float32 (or float16), got {x.dtype}")
-        return x.astype(np.float32, copy=False)
-
     async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
         """See :meth:`exo_core.engine.InferenceEngine.forward`."""
         shard = self._shard
         if shard is None:
             raise RuntimeError("the numpy engine has no model loaded; call load() first")
-        x = self._check_input(shard, x)
+        x = check_input(x, shard.config, is_first=shard.is_first)
         cache = self._caches.get(request_id)
         if cache is None:
             limit = shard.config.context_length
