@@ -81,6 +81,10 @@ class CoreSettings(BaseSettings):
     )
     log_level: LogLevel = Field("INFO", description="logging verbosity")
 
+    def cluster_key_text(self) -> str | None:
+        """The cluster key as plain text, or ``None`` when no key is set."""
+        return self.cluster_key.get_secret_value() if self.cluster_key is not None else None
+
     def resolve_node_id(self) -> str:
         """``--node-id`` if given, else the UUID kept in ``config_dir/node_id`` (created on first use)."""
         if self.node_id:

@@ -212,7 +212,7 @@ def run_ping_cli(target: str, *, core: CoreSettings, count: int = 3, timeout: fl
     except ValueError as exc:
         print(f"exo ping: {exc}", file=sys.stderr)
         return 2
-    key = core.cluster_key.get_secret_value() if core.cluster_key else None
+    key = core.cluster_key_text()
     logging.getLogger("exo_core.transport").setLevel(logging.ERROR)  # the diagnosis below says it all
     try:
         result = anyio.run(lambda: ping(host, port, cluster_key=key, count=count, timeout=timeout))

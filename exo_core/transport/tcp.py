@@ -124,7 +124,7 @@ class TcpTransport:
     ) -> TcpTransport:
         """Build from the node's settings (``node_host``, ``node_port``, ``cluster_key``) and ours."""
         settings = ctx.settings if isinstance(ctx.settings, TransportSettings) else TransportSettings()
-        key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key else None
+        key = ctx.core.cluster_key_text()
         return cls(
             ctx.node_id,
             host=ctx.core.node_host,

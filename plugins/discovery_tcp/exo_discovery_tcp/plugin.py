@@ -20,7 +20,7 @@ def build(ctx: ComponentContext) -> TcpDiscovery:
     from exo_discovery_tcp.discovery import TcpDiscovery
 
     settings = ctx.settings if isinstance(ctx.settings, TcpDiscoverySettings) else TcpDiscoverySettings()
-    key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key is not None else None
+    key = ctx.core.cluster_key_text()
     return TcpDiscovery(
         node_id=ctx.node_id,
         node_port=ctx.core.node_port,

@@ -19,7 +19,7 @@ def build(ctx: ComponentContext) -> UdpDiscovery:
     from exo_discovery_udp.netif import parse_names
 
     settings = ctx.settings if isinstance(ctx.settings, UdpDiscoverySettings) else UdpDiscoverySettings()
-    key = ctx.core.cluster_key.get_secret_value() if ctx.core.cluster_key is not None else None
+    key = ctx.core.cluster_key_text()
     return UdpDiscovery(
         node_id=ctx.node_id,
         node_port=ctx.core.node_port,
