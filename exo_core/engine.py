@@ -16,6 +16,7 @@ Flow of one request over shards ``A`` (layers 0..k) and ``B`` (k+1..n-1)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -109,6 +110,52 @@ class InferenceEngine(Protocol):
 
     def memory(self) -> MemoryUsage:
         """Bytes held by weights and by KV caches right now."""
+
+
+@runtime_checkable
+class BatchingEngine(InferenceEngine, Protocol):
+    """An engine that can also run one position of several requests in one pass (optional).
+
+    A decode step reads every weight of the shard for a single token, so it is bound by memory bandwidth;
+    running the steps of ``B`` concurrent requests as one ``(B, hidden)`` pass reads the weights once for
+    all of them. The node's stage runner batches the single-position forwards that are waiting for a compute
+    slot on the same engine (see ``exo_core.orchestration.batching``) when the engine has this method;
+    engines without it get one :meth:`InferenceEngine.forward` call per step.
+    """
+
+    async def forward_batch(self, steps: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """Run one position for each ``(request_id, x)`` of ``steps``, as :meth:`forward` would one by one.
+
+        Args:
+            steps: distinct request ids, each with a one-position input: token ids ``(1,)`` on the first
+                shard, hidden states ``(1, hidden_size)`` otherwise.
+
+        Returns:
+            per step, in order: hidden states ``(1, hidden_size)`` or, on the last shard, logits ``(vocab,)``.
+
+        Raises:
+            RuntimeError: nothing is loaded; ValueError: a bad input, a repeated request id, an input of
+            more than one position, or a context overflow, raised before any cache changes (the caller
+            may then run the steps one by one to find which one is at fault).
+        """
+
+
+def check_steps(
+    steps: Sequence[tuple[str, np.ndarray]], config: ModelConfig, *, is_first: bool
+) -> np.ndarray:
+    """Validate the inputs of a ``forward_batch`` and stack them: ``(B,)`` ids or ``(B, hidden)`` float32."""
+    import numpy as np
+
+    if not steps:
+        raise ValueError("forward_batch needs at least one step")
+    ids = [rid for rid, _ in steps]
+    if len(set(ids)) != len(ids):
+        raise ValueError("forward_batch got the same request id twice")
+    rows = [check_input(x, config, is_first=is_first) for _, x in steps]
+    for row in rows:
+        if row.shape[0] != 1:
+            raise ValueError(f"forward_batch takes one position per request, got {row.shape[0]}")
+    return np.concatenate(rows, axis=0)
 
 
 def check_input(x: np.ndarray, config: ModelConfig, *, is_first: bool) -> np.ndarray:

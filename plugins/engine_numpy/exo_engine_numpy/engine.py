@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
-from exo_core.engine import MemoryUsage, ShardInfo, check_input
+from exo_core.engine import MemoryUsage, ShardInfo, check_input, check_steps
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_numpy.shard import KVCache, NumpyShard
 
@@ -60,6 +61,21 @@ class NumpyEngine:
         if shard is None:
             raise RuntimeError("the numpy engine has no model loaded; call load() first")
         x = check_input(x, shard.config, is_first=shard.is_first)
+        cache = self._cache(shard, request_id)
+        return await anyio.to_thread.run_sync(shard.forward, cache, x, all_logits)
+
+    async def forward_batch(self, steps: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """See :meth:`exo_core.engine.BatchingEngine.forward_batch`: one pass, weights read once."""
+        shard = self._shard
+        if shard is None:
+            raise RuntimeError("the numpy engine has no model loaded; call load() first")
+        x = check_steps(steps, shard.config, is_first=shard.is_first)
+        caches = [self._cache(shard, rid) for rid, _ in steps]
+        out = await anyio.to_thread.run_sync(shard.forward_steps, caches, x)
+        return [out[b] if shard.is_last else out[b : b + 1] for b in range(len(steps))]
+
+    def _cache(self, shard: NumpyShard, request_id: str) -> KVCache:
+        """The request's cache, created empty (sized for this engine's context limit) on first use."""
         cache = self._caches.get(request_id)
         if cache is None:
             limit = shard.config.context_length
@@ -67,7 +83,7 @@ class NumpyEngine:
                 limit = min(limit, self.max_context)
             cache = shard.new_cache(self.initial_cache, limit)
             self._caches[request_id] = cache
-        return await anyio.to_thread.run_sync(shard.forward, cache, x, all_logits)
+        return cache
 
     async def free(self, request_id: str) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.free`."""

@@ -20,7 +20,9 @@ from exo_engine_numpy.layers import (
     WeightArena,
     attention_block,
     block_step,
+    block_steps,
     causal_mask,
+    few_rows_matmul,
     fuse_layer,
     layer_floats,
     mlp_block,
@@ -183,8 +185,40 @@ class NumpyShard:
         assert h.dtype == F32, h.dtype
         if not self.is_last:
             return h
-        assert w.norm is not None and w.lm_head_t is not None
-        rows = h if all_logits else h[-1:]
-        logits: np.ndarray = rms_norm(rows, w.norm, cfg.rms_norm_eps) @ w.lm_head_t
-        assert logits.dtype == F32, logits.dtype
+        logits = self._logits(h if all_logits else h[-1:])
         return logits if all_logits else logits[0]
+
+    def forward_steps(self, caches: list[KVCache], x: np.ndarray) -> np.ndarray:
+        """One position for each of ``B`` requests at once (a batched decode step).
+
+        ``x`` is ``(B,)`` token ids or ``(B, hidden)`` hidden states, row ``b`` belonging to ``caches[b]``
+        (distinct requests). Returns ``(B, hidden)`` hidden states, or ``(B, vocab)`` logits on the last
+        shard. Every cache is checked for room before anything is computed (``ValueError`` on overflow).
+        """
+        w, cfg = self.weights, self.config
+        for cache in caches:
+            cache.reserve(1)
+        if self.is_first:
+            assert w.embed is not None
+            h = np.array(w.embed(x), dtype=F32, order="C")
+        else:
+            h = np.array(x, dtype=F32, order="C")
+        positions = [cache.pos for cache in caches]
+        cos2, sin2 = self.rope.at(positions)
+        for li, lw in enumerate(w.layers):
+            ks = [cache.k[li] for cache in caches]
+            vs = [cache.v[li] for cache in caches]
+            block_steps(h, lw, cfg, ks, vs, positions, cos2, sin2)
+        for cache in caches:
+            cache.pos += 1
+        return self._logits(h, few_rows_matmul) if self.is_last else h
+
+    def _logits(
+        self, rows: np.ndarray, matmul: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.matmul
+    ) -> np.ndarray:
+        """Final norm and output head over hidden-state rows: ``(R, vocab)``."""
+        w = self.weights
+        assert w.norm is not None and w.lm_head_t is not None
+        logits = matmul(rms_norm(rows, w.norm, self.config.rms_norm_eps), w.lm_head_t)
+        assert logits.dtype == F32, logits.dtype
+        return logits

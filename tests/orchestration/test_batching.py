@@ -1,0 +1,150 @@
+"""The step batcher, isolated with an in-memory engine: who runs when, what gets batched, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import numpy as np
+import pytest
+
+from exo_core.orchestration.batching import StepBatcher
+
+
+class SlowEngine:
+    """Doubles its input after a short sleep; ``forward_batch`` only when ``batching``; "bad" fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.running = 0
+        self.most_running = 0
+
+    async def _work(self, ids: tuple[str, ...]) -> None:
+        self.calls.append(ids)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await anyio.sleep(0.05)
+        finally:
+            self.running -= 1
+        if "bad" in ids:
+            raise ValueError("bad input")
+
+    async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+        await self._work((request_id,))
+        return np.asarray(x) * 2
+
+    async def load(self, *args: object) -> None: ...
+    async def free(self, request_id: str) -> None: ...
+    def position(self, request_id: str) -> int:
+        return 0
+
+    def shard(self) -> None:
+        return None
+
+    def memory(self) -> None:
+        return None
+
+
+class BatchEngine(SlowEngine):
+    async def forward_batch(self, steps: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        await self._work(tuple(rid for rid, _ in steps))
+        return [np.asarray(x) * 2 for _, x in steps]
+
+
+async def _run_all(batcher: StepBatcher, engine: SlowEngine, ids: list[str]) -> dict[str, object]:
+    results: dict[str, object] = {}
+
+    async def one(i: int, rid: str) -> None:
+        await anyio.sleep(0.001 * i)  # arrive in order
+        try:
+            results[rid] = await batcher.forward(engine, rid, np.array([i]))  # type: ignore[arg-type]
+        except Exception as exc:
+            results[rid] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i, rid in enumerate(ids):
+                tg.start_soon(one, i, rid)
+    return results
+
+
+async def test_steps_that_queue_behind_a_busy_slot_run_as_one_batch() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1))
+    results = await _run_all(batcher, engine, ["a", "b", "c", "d", "e"])
+    assert engine.calls == [("a",), ("b", "c", "d", "e")]  # a lone step runs at once, alone
+    assert batcher.batch_sizes == {4: 1}
+    assert engine.most_running == 1
+    for i, rid in enumerate("abcde"):
+        np.testing.assert_array_equal(results[rid], [2 * i])
+
+
+async def test_max_batch_splits_a_long_queue() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), max_batch=2)
+    await _run_all(batcher, engine, ["a", "b", "c", "d", "e"])
+    assert engine.calls == [("a",), ("b", "c"), ("d", "e")]
+
+
+async def test_two_slots_run_two_passes_at_once() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(2))
+    await _run_all(batcher, engine, ["a", "b", "c", "d", "e", "f"])
+    assert engine.most_running == 2
+    assert sorted(x for call in engine.calls for x in call) == list("abcdef")
+
+
+async def test_a_failed_batch_is_retried_step_by_step_and_fails_only_the_bad_step() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1))
+    results = await _run_all(batcher, engine, ["a", "b", "bad", "c"])
+    assert engine.calls == [("a",), ("b", "bad", "c"), ("b",), ("bad",), ("c",)]
+    assert isinstance(results["bad"], ValueError)
+    for i, rid in enumerate(["a", "b", "bad", "c"]):
+        if rid != "bad":
+            np.testing.assert_array_equal(results[rid], [2 * i])
+
+
+async def test_engines_without_forward_batch_and_prompts_run_one_at_a_time() -> None:
+    engine, batcher = SlowEngine(), StepBatcher(anyio.CapacityLimiter(1))
+    await _run_all(batcher, engine, ["a", "b", "c"])
+    assert engine.calls == [("a",), ("b",), ("c",)] and batcher.batch_sizes == {}
+    batching = BatchEngine()
+
+    async def prompt(rid: str) -> None:
+        await batcher.forward(batching, rid, np.array([1, 2, 3]))  # type: ignore[arg-type]
+
+    async with anyio.create_task_group() as tg:
+        for rid in ("p", "q"):
+            tg.start_soon(prompt, rid)
+    assert batching.calls == [("p",), ("q",)]
+
+
+async def test_cancelling_the_runner_fails_its_batch_instead_of_hanging_it() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1))
+    results: dict[str, object] = {}
+
+    async def one(rid: str, scope_box: list[anyio.CancelScope] | None = None) -> None:
+        with anyio.CancelScope() as scope:
+            if scope_box is not None:
+                scope_box.append(scope)
+            try:
+                results[rid] = await batcher.forward(engine, rid, np.array([1]))  # type: ignore[arg-type]
+            except Exception as exc:
+                results[rid] = exc
+
+    box: list[anyio.CancelScope] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "a")
+            await anyio.sleep(0.01)
+            tg.start_soon(one, "b", box)  # b will run the batch [b, c]
+            await anyio.sleep(0.01)
+            tg.start_soon(one, "c")
+            await anyio.sleep(0.06)  # a done, b's batch running
+            assert engine.calls[-1] == ("b", "c")
+            box[0].cancel()
+    assert "b" not in results  # cancelled
+    assert isinstance(results["c"], RuntimeError) and "cancelled" in str(results["c"])
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        StepBatcher(anyio.CapacityLimiter(1), max_batch=0)
