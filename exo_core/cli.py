@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,8 +157,11 @@ def build_cli(plugins: Plugins) -> Cli:
 
 
 def _setup_logging(level: str | None) -> None:
+    """Log to stderr at ``--log-level``, else ``$EXO_LOG_LEVEL``, else INFO (a bad name is reported later,
+    when the settings are validated)."""
+    name = (level or os.environ.get("EXO_LOG_LEVEL") or "INFO").upper()
     logging.basicConfig(
-        level=(level or "INFO").upper(),
+        level=name if isinstance(logging.getLevelName(name), int) else "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

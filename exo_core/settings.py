@@ -69,6 +69,12 @@ class CoreSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="require 'Authorization: Bearer KEY' on the API's /v1/ routes"
     )
+    compute_slots: int = Field(
+        0,
+        ge=0,
+        description="forward passes this node runs at once (0: CPU cores / BLAS threads); several nodes on "
+        "one machine: give each cores/nodes",
+    )
     request_timeout: float = Field(
         120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
     )

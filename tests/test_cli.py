@@ -29,6 +29,7 @@ SEED_FLAGS = [
     ("--default-model", "EXO_DEFAULT_MODEL", "smollm2-135m"),
     ("--cluster-key", "EXO_CLUSTER_KEY", "none"),
     ("--log-level", "EXO_LOG_LEVEL", "INFO"),
+    ("--compute-slots", "EXO_COMPUTE_SLOTS", "0"),
 ]
 
 
@@ -181,3 +182,19 @@ def test_field_can_name_its_own_flag() -> None:
     assert cli_flag_name(_Named, "port") == "--named-port"
     assert cli_flag_name(_Named, "targets") == "--discovery-targets"
     assert env_var_name(_Named, "targets") == "EXO_NAMED_TARGETS"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "debug"),
+    [
+        ([], {"EXO_LOG_LEVEL": "DEBUG"}, True),
+        (["--log-level", "DEBUG"], {}, True),
+        (["--log-level", "INFO"], {"EXO_LOG_LEVEL": "DEBUG"}, False),  # the flag wins
+        ([], {}, False),
+    ],
+)
+def test_log_level_comes_from_flag_then_env(args: list[str], env: dict[str, str], debug: bool) -> None:
+    """A real command's logging (asyncio logs its selector at DEBUG when ``exo ping`` starts its loop)."""
+    out = _run(["ping", "127.0.0.1:1", *args], env=env)
+    assert out.returncode != 0 and "connection refused" in out.stderr
+    assert ("DEBUG asyncio" in out.stderr) is debug, out.stderr

@@ -4,9 +4,10 @@ A decode step reads all of a shard's weights for one token, so it is bound by me
 several requests are generating on the same shard, their steps queue for a compute slot; whoever gets the
 slot takes every queued single-position step for that engine (up to :data:`MAX_BATCH`) and runs them as
 one :meth:`~exo_core.engine.BatchingEngine.forward_batch`, which reads the weights once for all of them.
-Nothing waits on purpose: a lone request runs alone at once, and batches form only from steps that would
-otherwise have queued. Prompts (several positions) and engines without ``forward_batch`` run one
-:meth:`~exo_core.engine.InferenceEngine.forward` at a time, as before.
+A lone request never waits. When other requests are generating on the same engine, a step that finds a
+slot free waits up to :data:`GATHER_WINDOW` for their steps first: the previous stage's batch arrives as
+one message per request, a few hundred microseconds apart. Prompts (several positions) and engines
+without ``forward_batch`` run one :meth:`~exo_core.engine.InferenceEngine.forward` at a time.
 
 If a batched pass raises, its steps are run again one by one, so a bad input or a full context fails only
 its own request (``forward_batch`` checks every input before it changes any cache).
@@ -15,6 +16,8 @@ its own request (``forward_batch`` checks every input before it changes any cach
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,8 +27,14 @@ from exo_core.engine import BatchingEngine, InferenceEngine
 
 log = logging.getLogger(__name__)
 
-#: most steps one batched pass takes (more queued steps wait for the next pass)
-MAX_BATCH = 16
+#: most steps one batched pass takes (more queued steps wait for the next pass). The NumPy engine gains
+#: nothing past 8 rows (its per-row GEMVs then cost as much as reading the weights again), see docs/engines.md
+MAX_BATCH = 8
+#: seconds a step waits, when it could run at once, for the steps of other requests that are generating on
+#: the same engine (only when there are such requests)
+GATHER_WINDOW = 0.002
+#: a request counts as generating on an engine while its last step there is at most this many seconds old
+RECENT_S = 1.0
 
 
 @dataclass(eq=False)
@@ -39,38 +48,60 @@ class _Step:
     error: BaseException | None = None
 
 
+@dataclass(eq=False)
+class _Lane:
+    """The steps waiting for one engine, and the requests that stepped on it lately."""
+
+    queue: list[_Step] = field(default_factory=list)
+    recent: dict[str, float] = field(default_factory=dict)
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+
 class StepBatcher:
     """Runs engine forwards under a compute limiter, batching concurrent single-position steps.
 
     Args:
         limiter: the node's compute slots (see :func:`exo_core.orchestration.stages.concurrent_forwards`).
         max_batch: most steps in one pass.
+        gather_window: seconds a step that finds a slot free waits for the steps of other requests active
+            on the same engine (0: never wait). See :data:`GATHER_WINDOW`.
     """
 
-    def __init__(self, limiter: anyio.CapacityLimiter, max_batch: int = MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+    def __init__(
+        self,
+        limiter: anyio.CapacityLimiter,
+        max_batch: int = MAX_BATCH,
+        gather_window: float = GATHER_WINDOW,
+    ) -> None:
+        if max_batch < 1 or gather_window < 0:
+            raise ValueError("max_batch must be >= 1 and gather_window >= 0")
         self._limiter = limiter
         self._max_batch = max_batch
-        self._queues: dict[int, list[_Step]] = {}
+        self._window = gather_window
+        self._lanes: weakref.WeakKeyDictionary[InferenceEngine, _Lane] = weakref.WeakKeyDictionary()
         #: sizes of the batched passes run so far (for tests and logs): size -> count
         self.batch_sizes: dict[int, int] = {}
+
+    def forget(self, request_id: str) -> None:
+        """``request_id`` is finished: steps of other requests stop waiting for it."""
+        for lane in list(self._lanes.values()):
+            lane.recent.pop(request_id, None)
 
     async def forward(self, engine: InferenceEngine, request_id: str, x: np.ndarray) -> np.ndarray:
         """``engine.forward(request_id, x)``, run in a compute slot, possibly batched with other steps."""
         if len(x) != 1 or not isinstance(engine, BatchingEngine):
             async with self._limiter:
                 return await engine.forward(request_id, x)
+        lane = self._lanes.setdefault(engine, _Lane())
         step = _Step(request_id, x)
-        queue = self._queues.setdefault(id(engine), [])
-        queue.append(step)
+        lane.queue.append(step)
+        lane.arrived.set()
+        await self._gather(lane, step)
         with step.waiting:  # cancelled when another task takes this step into its batch
             async with self._limiter:
                 if not step.taken:
-                    batch = queue[: self._max_batch]
-                    del queue[: len(batch)]
-                    if not queue:
-                        self._queues.pop(id(engine), None)
+                    batch = lane.queue[: self._max_batch]
+                    del lane.queue[: len(batch)]
                     for other in batch:
                         other.taken = True
                         if other is not step:
@@ -82,6 +113,25 @@ class StepBatcher:
         assert step.result is not None
         return step.result
 
+    async def _gather(self, lane: _Lane, step: _Step) -> None:
+        """First in line at a free slot: give the other active requests' steps a moment to join.
+
+        A batch's outputs leave as one message per request, so the next stage receives them a few hundred
+        microseconds apart; without this, the first would always run alone and split the batch.
+        """
+        now = time.monotonic()
+        lane.recent[step.request_id] = now
+        for rid, seen in list(lane.recent.items()):
+            if now - seen > RECENT_S:
+                del lane.recent[rid]
+        want = min(len(lane.recent), self._max_batch)
+        if not self._window or want < 2 or len(lane.queue) != 1 or self._limiter.available_tokens < 1:
+            return
+        with anyio.move_on_after(self._window):
+            while len(lane.queue) < want and not step.taken:
+                lane.arrived = anyio.Event()
+                await lane.arrived.wait()
+
     async def _run(self, engine: BatchingEngine, batch: list[_Step]) -> None:
         """Run ``batch`` and hand every step its result or error, whatever happens."""
         try:
@@ -89,6 +139,7 @@ class StepBatcher:
                 batch[0].result = await engine.forward(batch[0].request_id, batch[0].x)
             else:
                 self.batch_sizes[len(batch)] = self.batch_sizes.get(len(batch), 0) + 1
+                log.debug("running %d decode steps as one batch", len(batch))
                 try:
                     outs = await engine.forward_batch([(s.request_id, s.x) for s in batch])
                 except Exception as exc:

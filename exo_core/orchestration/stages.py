@@ -53,7 +53,14 @@ class StageRunner:
     """Executes the stages of any request that this node has in its plan."""
 
     def __init__(
-        self, self_id: str, shards: ShardHost, catalog: Catalog, send: Send, *, idle_timeout: float = 600.0
+        self,
+        self_id: str,
+        shards: ShardHost,
+        catalog: Catalog,
+        send: Send,
+        *,
+        idle_timeout: float = 600.0,
+        slots: int | None = None,
     ) -> None:
         self.self_id = self_id
         self._shards = shards
@@ -63,7 +70,7 @@ class StageRunner:
         self._active: dict[str, float] = {}
         self._context_length: dict[str, int] = {}
         self._idle_timeout = idle_timeout
-        self.batcher = StepBatcher(anyio.CapacityLimiter(concurrent_forwards()))
+        self.batcher = StepBatcher(anyio.CapacityLimiter(slots or concurrent_forwards()))
 
     # ---- message entry points ------------------------------------------------------------------------
 
@@ -90,6 +97,7 @@ class StageRunner:
     async def on_finish(self, msg: Finish) -> None:
         self._rngs.pop(msg.request_id, None)
         self._active.pop(msg.request_id, None)
+        self.batcher.forget(msg.request_id)
         await self._shards.free(msg.request_id)
 
     async def sweep(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -145,6 +145,42 @@ async def test_cancelling_the_runner_fails_its_batch_instead_of_hanging_it() -> 
     assert isinstance(results["c"], RuntimeError) and "cancelled" in str(results["c"])
 
 
-def test_max_batch_must_be_positive() -> None:
+def test_bad_limits_are_rejected() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         StepBatcher(anyio.CapacityLimiter(1), max_batch=0)
+    with pytest.raises(ValueError, match="gather_window"):
+        StepBatcher(anyio.CapacityLimiter(1), gather_window=-1)
+
+
+async def _two_steps_apart(batcher: StepBatcher, engine: BatchEngine, gap: float) -> None:
+    async def one(rid: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        await batcher.forward(engine, rid, np.array([1]))  # type: ignore[arg-type]
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "a", 0.0)
+            tg.start_soon(one, "b", gap)
+
+
+async def test_a_free_slot_waits_briefly_for_the_other_active_requests() -> None:
+    """Steps of two generating requests that arrive a moment apart (as a previous stage's batch does)
+    still run as one batch; without the window, the first runs alone."""
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), gather_window=0.2)
+    await _two_steps_apart(batcher, engine, 0.0)  # both become known as active
+    engine.calls.clear()
+    await _two_steps_apart(batcher, engine, 0.02)
+    assert engine.calls == [("a", "b")]
+    eager, no_window = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), gather_window=0)
+    await _two_steps_apart(no_window, eager, 0.0)
+    eager.calls.clear()
+    await _two_steps_apart(no_window, eager, 0.02)
+    assert eager.calls == [("a",), ("b",)]
+
+
+async def test_a_lone_or_finished_request_never_waits() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), gather_window=2.0)
+    await _two_steps_apart(batcher, engine, 0.0)
+    batcher.forget("b")  # b finished: a is alone again
+    with anyio.fail_after(1.0):  # would take the whole 2 s window if it waited for b
+        await batcher.forward(engine, "a", np.array([1]))  # type: ignore[arg-type]

@@ -229,6 +229,12 @@ def attend_one(
     return att.reshape(nh * hd)
 
 
+def norm_scale(x: np.ndarray, eps: float) -> np.float32:
+    """RMSNorm's ``1 / sqrt(mean(x^2) + eps)`` of one vector, as a float32 scalar (the decode paths use it
+    for every row, so a request's numbers do not depend on whether its step ran alone or in a batch)."""
+    return F32(1.0 / math.sqrt(float(np.dot(x, x)) / x.shape[0] + eps))
+
+
 def silu_mul(gu: np.ndarray) -> np.ndarray:
     """``SiLU(gate) * up`` for ``gu = [gate, up]`` along the last axis, in few passes."""
     f = gu.shape[-1] // 2
@@ -258,9 +264,8 @@ def block_step(
     """
     nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     n_qk = (nh + nkv) * hd
-    inv_n, eps = 1.0 / x.shape[0], cfg.rms_norm_eps
     # attention: norm (weight folded into qkv_t) -> qkv -> RoPE on q and k together -> cache -> softmax
-    h = x * F32(1.0 / math.sqrt(float(np.dot(x, x)) * inv_n + eps))
+    h = x * norm_scale(x, cfg.rms_norm_eps)
     qkv = h @ lw.qkv_t
     if lw.qkv_bias is not None:
         qkv += lw.qkv_bias
@@ -269,29 +274,27 @@ def block_step(
     rot += qk[:, ::-1] * sin2
     x += attend_one(rot.reshape(nh + nkv, hd), qkv[n_qk:], cfg, k_cache, v_cache, pos) @ lw.o_t
     # MLP: norm (weight folded into gate_up_t) -> SiLU(gate) * up -> down
-    h = x * F32(1.0 / math.sqrt(float(np.dot(x, x)) * inv_n + eps))
+    h = x * norm_scale(x, cfg.rms_norm_eps)
     x += silu_mul(h @ lw.gate_up_t) @ lw.down.T
 
 
-#: below this many rows, :func:`few_rows_matmul` runs GEMVs instead of a GEMM
-GEMM_MIN_ROWS = 12
 #: bytes of weights :func:`few_rows_matmul` keeps in cache while it runs every row's GEMV over them
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def few_rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x @ w`` for a handful of rows ``x`` ``(B, in)``, fast where OpenBLAS' GEMM is not.
+    """``x @ w`` for a handful of rows ``x`` ``(B, in)``: bit for bit each row's own GEMV, at a fraction of
+    the memory traffic.
 
     OpenBLAS packs the whole weight matrix for a GEMM, which for 2-7 rows costs ~3x a GEMV here (measured:
-    30 matrices of 576x3072, 1 thread: GEMV 9.4 ms, GEMM of 2 rows 27.9 ms). Instead, each column chunk of
-    ``w`` of at most :data:`CHUNK_BYTES` gets one GEMV per row: the first reads it from memory, the others
-    from the cache (2 rows 14.3 ms, 4 rows 20.7 ms). From :data:`GEMM_MIN_ROWS` rows on the GEMM is as fast
-    (the whole model, 1 thread: 8 rows 117 ms by GEMM, ~90 ms by GEMVs; 12 rows ~125 ms either way).
+    30 matrices of 576x3072, 1 thread: GEMV 9.4 ms, GEMM of 2 rows 27.9 ms), and its rounding differs from
+    the GEMV's. Instead, each column chunk of ``w`` of at most :data:`CHUNK_BYTES` gets one GEMV per row:
+    the first reads it from memory, the others from the cache (2 rows 14.3 ms, 4 rows 20.7 ms).
     """
-    if x.shape[0] >= GEMM_MIN_ROWS:
-        return x @ w  # type: ignore[no-any-return]
     out = np.empty((x.shape[0], w.shape[1]), F32)
-    step = max(256, CHUNK_BYTES // (4 * w.shape[0]))
+    # chunks of whole 64-column groups: OpenBLAS' GEMV kernel then adds up each column exactly as over the
+    # whole matrix (other widths change the last bits), so a batched step equals the step run alone
+    step = max(64, CHUNK_BYTES // (4 * w.shape[0]) // 64 * 64)
     for c in range(0, w.shape[1], step):
         chunk = w[:, c : c + step]
         for b in range(x.shape[0]):
@@ -319,7 +322,7 @@ def block_steps(
     b_n = x.shape[0]
     nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     n_qk = (nh + nkv) * hd
-    qkv = few_rows_matmul(rms_scale(x, cfg.rms_norm_eps), lw.qkv_t)
+    qkv = few_rows_matmul(x * _row_scales(x, cfg.rms_norm_eps), lw.qkv_t)
     if lw.qkv_bias is not None:
         qkv += lw.qkv_bias
     qk = qkv[:, :n_qk].reshape(b_n, nh + nkv, 2, hd // 2)
@@ -330,7 +333,13 @@ def block_steps(
     for b in range(b_n):
         att[b] = attend_one(rot[b], qkv[b, n_qk:], cfg, k_caches[b], v_caches[b], positions[b])
     x += few_rows_matmul(att, lw.o_t)
-    x += few_rows_matmul(silu_mul(few_rows_matmul(rms_scale(x, cfg.rms_norm_eps), lw.gate_up_t)), lw.down.T)
+    gu = few_rows_matmul(x * _row_scales(x, cfg.rms_norm_eps), lw.gate_up_t)
+    x += few_rows_matmul(silu_mul(gu), lw.down.T)
+
+
+def _row_scales(x: np.ndarray, eps: float) -> np.ndarray:
+    """:func:`norm_scale` of each row, as a ``(B, 1)`` float32 column."""
+    return np.array([norm_scale(row, eps) for row in x], F32)[:, None]
 
 
 def attention_block(
