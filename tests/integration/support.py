@@ -72,11 +72,19 @@ def plan_nodes(node: NodeProcess) -> list[str]:
     return [s["node_id"] for s in plan["shards"]]
 
 
-def two_nodes(exo_node: Start, tmp_path: Path) -> tuple[NodeProcess, NodeProcess]:
+def two_nodes(
+    exo_node: Start, tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[NodeProcess, NodeProcess]:
     """A remote node that knows nobody and a local node that dials it (direct discovery), joined."""
-    remote = exo_node(*no_peers(tmp_path, "remote"))
+    remote = exo_node(*no_peers(tmp_path, "remote"), env=env)
     local = exo_node(
-        "--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(remote.node_port)
+        "--discovery-module",
+        "direct",
+        "--peer-host",
+        "127.0.0.1",
+        "--peer-port",
+        str(remote.node_port),
+        env=env,
     )
     local.wait_for_nodes(2)
     return local, remote

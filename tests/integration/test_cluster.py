@@ -54,13 +54,16 @@ def test_three_nodes_manual_match_single_node(
 def test_eight_concurrent_streams_on_two_nodes(
     exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
 ) -> None:
-    local, _ = two_nodes(exo_node, tmp_path)
+    """Every stream gets exactly its lone answer, although the nodes batch the concurrent decode steps."""
+    local, remote = two_nodes(exo_node, tmp_path, env={"EXO_LOG_LEVEL": "DEBUG"})
     alone = {p: "".join(reference[p]) for p in PROMPTS}
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         results = list(pool.map(lambda p: stream(local, p, 20), PROMPTS))
     for prompt, (text, error) in zip(PROMPTS, results, strict=True):
         assert error is None
         assert text == alone[prompt], prompt
+    logs = local.log_path.read_text(errors="replace") + remote.log_path.read_text(errors="replace")
+    assert "decode steps as one batch" in logs
 
 
 def test_killed_node_ends_stream_with_error_and_survivor_serves(
