@@ -153,22 +153,20 @@ class ShardModel:
         capacity = keys[0].shape[2]
         mask = mx.where(mx.arange(capacity) <= pos, 0.0, -mx.inf).astype(mx.float32)
         start = pos.reshape(1)
-        freqs = self.params.freqs
+        # RoPE factors of this position, once for every block: rotate-half on a (..., 2, hd/2) view is
+        # x * [cos, cos] + x[..., ::-1, :] * [-sin, sin], which the compiled graph fuses into one kernel
+        # (measured: 30 mx.fast.rope calls 0.69 ms, this 0.23 ms)
+        angle = pos.astype(mx.float32) / self.params.freqs
+        cos, sin = mx.cos(angle), mx.sin(angle)
+        cos2, sin2 = mx.stack([cos, cos]), mx.stack([-sin, sin])
         new_keys, new_values = [], []
         for b, kc, vc in zip(self.params.blocks, keys, values, strict=True):
-            # one row: (1, heads, 1, hd) is a plain reshape, and q and k rotate in one RoPE call
+            # one row: (1, heads, 1, hd) is a plain reshape, and q and k rotate together
             qkv = b.qkv(mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps))
             if b.qkv_bias is not None:
                 qkv = qkv + b.qkv_bias
-            qk = mx.fast.rope(
-                qkv[:, :n_qk].reshape(1, nh + nkv, 1, hd),
-                hd,
-                traditional=False,
-                base=None,
-                scale=1.0,
-                offset=pos,
-                freqs=freqs,
-            )
+            halves = qkv[:, :n_qk].reshape(1, nh + nkv, 1, 2, hd // 2)
+            qk = (halves * cos2 + halves[..., ::-1, :] * sin2).reshape(1, nh + nkv, 1, hd)
             kc = mx.slice_update(kc, qk[:, nh:], start, axes=(2,))
             vc = mx.slice_update(vc, qkv[:, n_qk:].reshape(1, nkv, 1, hd), start, axes=(2,))
             att = mx.fast.scaled_dot_product_attention(qk[:, :nh], kc, vc, scale=self.scale, mask=mask)
