@@ -147,6 +147,9 @@ class StageRunner:
         if cached != position:
             raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")
         out = await self.batcher.forward(engine, rid, x)
+        if rid not in self._active:  # finished or cancelled while this step waited or ran
+            await self._shards.free(rid)  # the step may have made a fresh cache for it
+            return
         if index + 1 < len(ctx.plan):
             nxt = ctx.plan[index + 1].node_id
             await self._send(nxt, TensorMessage(ctx, step, position, Tensor.from_numpy(out)))
