@@ -327,10 +327,11 @@ def block_steps(
 ) -> None:
     """One block for one token of each of ``B`` requests; updates the residuals ``x`` (B, hidden) in place.
 
-    The matrix products take all rows at once (:func:`few_rows_matmul`), so the block's weights are read
-    from memory once for the whole batch; only attention runs per request, over its own cache
-    (``k_caches[b]``, ``v_caches[b]``) at its own position ``positions[b]``. ``cos2``/``sin2`` are
-    ``(B, 2, head_dim/2)``.
+    Each matrix is read from memory once for the whole batch: ``gate_up`` and ``down`` through
+    :func:`few_rows_matmul`, the small ``qkv`` and ``o`` row after row through :func:`small_gemv` (cached
+    after the first row), exactly as :func:`block_step` computes them. Attention runs per request, over its
+    own cache (``k_caches[b]``, ``v_caches[b]``) at its own position ``positions[b]``. ``cos2``/``sin2``
+    are ``(B, 2, head_dim/2)``.
     """
     b_n = x.shape[0]
     nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
