@@ -190,6 +190,11 @@ class NodeProcess:
         return self.proc.returncode
 
 
+def direct_to(node: NodeProcess) -> list[str]:
+    """Flags that make a node dial ``node`` on loopback (the ``direct`` discovery module)."""
+    return ["--discovery-module", "direct", "--peer-host", "127.0.0.1", "--peer-port", str(node.node_port)]
+
+
 def peers_file(path: Path, peers: dict[str, str]) -> Path:
     """Write a seed-format peers.json mapping labels to ``host:port`` addresses."""
     path.write_text(

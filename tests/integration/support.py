@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exo_core.nodeproc import NodeProcess, peers_file
+from exo_core.nodeproc import NodeProcess, direct_to, peers_file
 
 PROMPTS = [
     "What is the capital of France?",
@@ -77,14 +77,6 @@ def two_nodes(
 ) -> tuple[NodeProcess, NodeProcess]:
     """A remote node that knows nobody and a local node that dials it (direct discovery), joined."""
     remote = exo_node(*no_peers(tmp_path, "remote"), env=env)
-    local = exo_node(
-        "--discovery-module",
-        "direct",
-        "--peer-host",
-        "127.0.0.1",
-        "--peer-port",
-        str(remote.node_port),
-        env=env,
-    )
+    local = exo_node(*direct_to(remote), env=env)
     local.wait_for_nodes(2)
     return local, remote

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exo_core.nodeproc import NodeProcess
+from exo_core.nodeproc import NodeProcess, direct_to
 
 from .support import PROMPTS, greedy, no_peers, plan_nodes
 
@@ -23,16 +23,7 @@ def test_numpy_and_mlx_nodes_in_one_ring(
     record_property: Callable[[str, object], None],
 ) -> None:
     mlx_node = exo_node(*no_peers(tmp_path, "mlx"), "--inference-engine", "mlx")
-    numpy_node = exo_node(
-        "--discovery-module",
-        "direct",
-        "--peer-host",
-        "127.0.0.1",
-        "--peer-port",
-        str(mlx_node.node_port),
-        "--inference-engine",
-        "numpy",
-    )
+    numpy_node = exo_node(*direct_to(mlx_node), "--inference-engine", "numpy")
     topo = numpy_node.wait_for_nodes(2)
     assert {n["engine"] for n in topo["nodes"]} == {"numpy", "mlx"}
     prompt = max(PROMPTS, key=lambda p: len(reference[p]))  # the longest answer shows the most

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import BrowserContext, expect
 
-from exo_core.nodeproc import NodeProcess, peers_file
+from exo_core.nodeproc import NodeProcess, direct_to, peers_file
 
 from .browser import open_page
 
@@ -22,17 +22,7 @@ async def test_page_answers_through_two_nodes_and_shows_them(browser: BrowserCon
     local = None
     try:
         remote.start()
-        local = NodeProcess(
-            tmp_path / "local",
-            args=[
-                "--discovery-module",
-                "direct",
-                "--peer-host",
-                "127.0.0.1",
-                "--peer-port",
-                str(remote.node_port),
-            ],
-        ).start()
+        local = NodeProcess(tmp_path / "local", args=direct_to(remote)).start()
         local.wait_for_nodes(2)
         page, problems = await open_page(browser, local.api + "/")
         expect.set_options(timeout=60_000)
