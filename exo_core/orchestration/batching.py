@@ -96,17 +96,22 @@ class StepBatcher:
         step = _Step(request_id, x)
         lane.queue.append(step)
         lane.arrived.set()
-        await self._gather(lane, step)
-        with step.waiting:  # cancelled when another task takes this step into its batch
-            async with self._limiter:
-                if not step.taken:
-                    batch = lane.queue[: self._max_batch]
-                    del lane.queue[: len(batch)]
-                    for other in batch:
-                        other.taken = True
-                        if other is not step:
-                            other.waiting.cancel()
-                    await self._run(engine, batch)
+        try:
+            await self._gather(lane, step)
+            with step.waiting:  # cancelled when another task takes this step into its batch
+                async with self._limiter:
+                    if not step.taken:
+                        batch = lane.queue[: self._max_batch]
+                        del lane.queue[: len(batch)]
+                        for other in batch:
+                            other.taken = True
+                            if other is not step:
+                                other.waiting.cancel()
+                        await self._run(engine, batch)
+        except BaseException:
+            if not step.taken:  # cancelled from outside while queued: nobody may run it later
+                lane.queue.remove(step)
+            raise
         await step.done.wait()
         if step.error is not None:
             raise step.error

@@ -184,3 +184,20 @@ async def test_a_lone_or_finished_request_never_waits() -> None:
     batcher.forget("b")  # b finished: a is alone again
     with anyio.fail_after(1.0):  # would take the whole 2 s window if it waited for b
         await batcher.forward(engine, "a", np.array([1]))  # type: ignore[arg-type]
+
+
+async def test_a_step_cancelled_while_queued_never_runs() -> None:
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1))
+
+    async def step(rid: str) -> None:
+        await batcher.forward(engine, rid, np.array([1]))  # type: ignore[arg-type]
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(step, "a")
+            await anyio.sleep(0.01)  # a runs
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # b is cancelled before a's pass ends, while it waits for the slot
+                await step("b")
+            tg.start_soon(step, "c")
+    assert engine.calls == [("a",), ("c",)]
