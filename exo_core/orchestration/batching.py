@@ -4,10 +4,11 @@ A decode step reads all of a shard's weights for one token, so it is bound by me
 several requests are generating on the same shard, their steps queue for a compute slot; whoever gets the
 slot takes every queued single-position step for that engine (up to :data:`MAX_BATCH`) and runs them as
 one :meth:`~exo_core.engine.BatchingEngine.forward_batch`, which reads the weights once for all of them.
-A lone request never waits. When other requests are generating on the same engine, a step that finds a
-slot free waits up to :data:`GATHER_WINDOW` for their steps first: the previous stage's batch arrives as
-one message per request, a few hundred microseconds apart. Prompts (several positions) and engines
-without ``forward_batch`` run one :meth:`~exo_core.engine.InferenceEngine.forward` at a time.
+A lone request never waits. When the steps of other requests generating on the same engine are due any
+moment (see :meth:`StepBatcher._gather`), the step that gets the slot waits up to :data:`GATHER_WINDOW`
+for them: a pass's outputs come back as one message per request, a few hundred microseconds apart.
+Prompts (several positions) and engines without ``forward_batch`` run one
+:meth:`~exo_core.engine.InferenceEngine.forward` at a time.
 
 If a batched pass raises, its steps are run again one by one, so a bad input or a full context fails only
 its own request (``forward_batch`` checks every input before it changes any cache).
@@ -33,7 +34,7 @@ MAX_BATCH = 8
 #: seconds a step waits, when it could run at once, for the steps of other requests that are generating on
 #: the same engine (only when there are such requests)
 GATHER_WINDOW = 0.002
-#: a request counts as generating on an engine while its last step there is at most this many seconds old
+#: a request counts as generating on an engine while its last pass there ended at most this many seconds ago
 RECENT_S = 1.0
 
 
@@ -50,11 +51,13 @@ class _Step:
 
 @dataclass(eq=False)
 class _Lane:
-    """The steps waiting for one engine, and the requests that stepped on it lately."""
+    """The steps waiting for one engine, and when each request's last pass on it ended."""
 
     queue: list[_Step] = field(default_factory=list)
-    recent: dict[str, float] = field(default_factory=dict)
+    #: request id -> (number of its last pass on this engine, when that pass ended)
+    passes: dict[str, tuple[int, float]] = field(default_factory=dict)
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    count: int = 0
 
 
 class StepBatcher:
@@ -85,7 +88,7 @@ class StepBatcher:
     def forget(self, request_id: str) -> None:
         """``request_id`` is finished: steps of other requests stop waiting for it."""
         for lane in list(self._lanes.values()):
-            lane.recent.pop(request_id, None)
+            lane.passes.pop(request_id, None)
 
     async def forward(self, engine: InferenceEngine, request_id: str, x: np.ndarray) -> np.ndarray:
         """``engine.forward(request_id, x)``, run in a compute slot, possibly batched with other steps."""
@@ -97,9 +100,9 @@ class StepBatcher:
         lane.queue.append(step)
         lane.arrived.set()
         try:
-            await self._gather(lane, step)
             with step.waiting:  # cancelled when another task takes this step into its batch
                 async with self._limiter:
+                    await self._gather(lane, step)
                     if not step.taken:
                         batch = lane.queue[: self._max_batch]
                         del lane.queue[: len(batch)]
@@ -107,7 +110,7 @@ class StepBatcher:
                             other.taken = True
                             if other is not step:
                                 other.waiting.cancel()
-                        await self._run(engine, batch)
+                        await self._run(engine, lane, batch)
         except BaseException:
             if not step.taken:  # cancelled from outside while queued: nobody may run it later
                 lane.queue.remove(step)
@@ -119,25 +122,35 @@ class StepBatcher:
         return step.result
 
     async def _gather(self, lane: _Lane, step: _Step) -> None:
-        """First in line at a free slot: give the other active requests' steps a moment to join.
+        """Holding a slot, about to run: wait a moment for the steps that are about to arrive.
 
-        A batch's outputs leave as one message per request, so the next stage receives them a few hundred
-        microseconds apart; without this, the first would always run alone and split the batch.
+        Expected soon are the steps of requests that ran in the same pass as this one last time (a pass's
+        outputs travel on as one message per request and come back a few hundred microseconds apart) and
+        of requests whose pass here has just ended (on one node, their next steps are being sampled now).
+        Without this, whoever gets the slot first runs alone and the batch splits for good (measured on
+        one node, 4 requests: passes of 3 and 1 in turn). Requests elsewhere in the ring are not waited
+        for, and a lone request never waits.
         """
         now = time.monotonic()
-        lane.recent[step.request_id] = now
-        for rid, seen in list(lane.recent.items()):
-            if now - seen > RECENT_S:
-                del lane.recent[rid]
-        want = min(len(lane.recent), self._max_batch)
-        if not self._window or want < 2 or len(lane.queue) != 1 or self._limiter.available_tokens < 1:
+        for rid, (_, ended) in list(lane.passes.items()):
+            if now - ended > RECENT_S:
+                del lane.passes[rid]
+        mine = lane.passes.get(step.request_id, (-1, 0.0))[0]
+        expected = {
+            rid
+            for rid, (n, ended) in lane.passes.items()
+            if rid != step.request_id and (n == mine or now - ended <= self._window)
+        }
+        if not self._window or not expected:
             return
         with anyio.move_on_after(self._window):
-            while len(lane.queue) < want and not step.taken:
+            while not step.taken and len(lane.queue) < self._max_batch:
+                if expected <= {s.request_id for s in lane.queue}:
+                    return
                 lane.arrived = anyio.Event()
                 await lane.arrived.wait()
 
-    async def _run(self, engine: BatchingEngine, batch: list[_Step]) -> None:
+    async def _run(self, engine: BatchingEngine, lane: _Lane, batch: list[_Step]) -> None:
         """Run ``batch`` and hand every step its result or error, whatever happens."""
         try:
             if len(batch) == 1:
@@ -163,7 +176,10 @@ class StepBatcher:
                     s.error = RuntimeError("the step was cancelled")
             raise
         finally:
+            lane.count += 1
+            ended = time.monotonic()
             for s in batch:
+                lane.passes[s.request_id] = (lane.count, ended)
                 s.done.set()
 
     @staticmethod

@@ -201,3 +201,24 @@ async def test_a_step_cancelled_while_queued_never_runs() -> None:
                 await step("b")
             tg.start_soon(step, "c")
     assert engine.calls == [("a",), ("c",)]
+
+
+async def test_requests_out_of_step_merge_into_one_batch() -> None:
+    """One node, 4 generating requests, one of them a pass behind: the step that gets the slot when a
+    pass ends waits for that pass's requests, whose next steps arrive a moment later, so the passes merge
+    (instead of alternating batches of 3 and 1 for good)."""
+    engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), gather_window=0.02)
+
+    async def generate(rid: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        for _ in range(4):
+            await batcher.forward(engine, rid, np.array([1]))  # type: ignore[arg-type]
+            await anyio.sleep(0.002)  # sampling the token before the next step
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for rid in ("a", "b", "c"):
+                tg.start_soon(generate, rid, 0.0)
+            tg.start_soon(generate, "d", 0.01)  # arrives while a, b, c run
+    # d joins at a, b, c's second step and stays with them; its last step is alone
+    assert [len(call) for call in engine.calls] == [3, 4, 4, 4, 1], engine.calls
