@@ -42,6 +42,7 @@ RECENT_S = 1.0
 class _Step:
     request_id: str
     x: np.ndarray
+    comes_back: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
     taken: bool = False
     waiting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -54,8 +55,9 @@ class _Lane:
     """The steps waiting for one engine, and when each request's last pass on it ended."""
 
     queue: list[_Step] = field(default_factory=list)
-    #: request id -> (number of its last pass on this engine, when that pass ended)
-    passes: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: request id -> (number of its last pass on this engine, when that pass ended, whether its next step
+    #: comes straight back here)
+    passes: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
     arrived: anyio.Event = field(default_factory=anyio.Event)
     count: int = 0
 
@@ -90,13 +92,19 @@ class StepBatcher:
         for lane in list(self._lanes.values()):
             lane.passes.pop(request_id, None)
 
-    async def forward(self, engine: InferenceEngine, request_id: str, x: np.ndarray) -> np.ndarray:
-        """``engine.forward(request_id, x)``, run in a compute slot, possibly batched with other steps."""
+    async def forward(
+        self, engine: InferenceEngine, request_id: str, x: np.ndarray, *, comes_back: bool = False
+    ) -> np.ndarray:
+        """``engine.forward(request_id, x)``, run in a compute slot, possibly batched with other steps.
+
+        ``comes_back``: the request's next step returns to this engine right after this one (its plan has
+        this one stage), so steps that get the slot just after this pass wait a moment for it.
+        """
         if len(x) != 1 or not isinstance(engine, BatchingEngine):
             async with self._limiter:
                 return await engine.forward(request_id, x)
         lane = self._lanes.setdefault(engine, _Lane())
-        step = _Step(request_id, x)
+        step = _Step(request_id, x, comes_back)
         lane.queue.append(step)
         lane.arrived.set()
         try:
@@ -126,20 +134,21 @@ class StepBatcher:
 
         Expected soon are the steps of requests that ran in the same pass as this one last time (a pass's
         outputs travel on as one message per request and come back a few hundred microseconds apart) and
-        of requests whose pass here has just ended (on one node, their next steps are being sampled now).
+        of one-stage requests whose pass here has just ended (their next steps are being sampled now).
         Without this, whoever gets the slot first runs alone and the batch splits for good (measured on
         one node, 4 requests: passes of 3 and 1 in turn). Requests elsewhere in the ring are not waited
-        for, and a lone request never waits.
+        for (on 2 nodes that cost 2 ms per pass and settled 4 requests into passes of 3 and 1), and a lone
+        request never waits.
         """
         now = time.monotonic()
-        for rid, (_, ended) in list(lane.passes.items()):
+        for rid, (_, ended, _) in list(lane.passes.items()):
             if now - ended > RECENT_S:
                 del lane.passes[rid]
-        mine = lane.passes.get(step.request_id, (-1, 0.0))[0]
+        mine = lane.passes.get(step.request_id, (-1, 0.0, False))[0]
         expected = {
             rid
-            for rid, (n, ended) in lane.passes.items()
-            if rid != step.request_id and (n == mine or now - ended <= self._window)
+            for rid, (n, ended, back) in lane.passes.items()
+            if rid != step.request_id and (n == mine or (back and now - ended <= self._window))
         }
         if not self._window or not expected:
             return
@@ -179,7 +188,7 @@ class StepBatcher:
             lane.count += 1
             ended = time.monotonic()
             for s in batch:
-                lane.passes[s.request_id] = (lane.count, ended)
+                lane.passes[s.request_id] = (lane.count, ended, s.comes_back)
                 s.done.set()
 
     @staticmethod

@@ -146,7 +146,7 @@ class StageRunner:
         cached = engine.position(rid)
         if cached != position:
             raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")
-        out = await self.batcher.forward(engine, rid, x)
+        out = await self.batcher.forward(engine, rid, x, comes_back=len(ctx.plan) == 1)
         if rid not in self._active:  # finished or cancelled while this step waited or ran
             await self._shards.free(rid)  # the step may have made a fresh cache for it
             return

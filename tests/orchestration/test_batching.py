@@ -203,16 +203,18 @@ async def test_a_step_cancelled_while_queued_never_runs() -> None:
     assert engine.calls == [("a",), ("c",)]
 
 
-async def test_requests_out_of_step_merge_into_one_batch() -> None:
+@pytest.mark.parametrize("comes_back", [True, False])
+async def test_requests_out_of_step_merge_into_one_batch(comes_back: bool) -> None:
     """One node, 4 generating requests, one of them a pass behind: the step that gets the slot when a
-    pass ends waits for that pass's requests, whose next steps arrive a moment later, so the passes merge
-    (instead of alternating batches of 3 and 1 for good)."""
+    pass ends waits for that pass's one-stage requests, whose next steps arrive a moment later, so the
+    passes merge (instead of alternating batches of 3 and 1 for good). Steps that go on to another node
+    (not ``comes_back``) are not waited for: they return only after the rest of the ring."""
     engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1), gather_window=0.02)
 
     async def generate(rid: str, delay: float) -> None:
         await anyio.sleep(delay)
         for _ in range(4):
-            await batcher.forward(engine, rid, np.array([1]))  # type: ignore[arg-type]
+            await batcher.forward(engine, rid, np.array([1]), comes_back=comes_back)  # type: ignore[arg-type]
             await anyio.sleep(0.002)  # sampling the token before the next step
 
     with anyio.fail_after(10):
@@ -220,5 +222,8 @@ async def test_requests_out_of_step_merge_into_one_batch() -> None:
             for rid in ("a", "b", "c"):
                 tg.start_soon(generate, rid, 0.0)
             tg.start_soon(generate, "d", 0.01)  # arrives while a, b, c run
-    # d joins at a, b, c's second step and stays with them; its last step is alone
-    assert [len(call) for call in engine.calls] == [3, 4, 4, 4, 1], engine.calls
+    sizes = [len(call) for call in engine.calls]
+    if comes_back:  # d joins at a, b, c's second step and stays with them; its last step is alone
+        assert sizes == [3, 4, 4, 4, 1], engine.calls
+    else:
+        assert sizes == [3, 1] * 4, engine.calls
