@@ -23,7 +23,7 @@ from exo_core.orchestration.gossip import Gossip
 from exo_core.orchestration.requests import RequestTracker
 from exo_core.orchestration.router import Router
 from exo_core.orchestration.shards import ShardHost
-from exo_core.orchestration.stages import StageRunner, concurrent_forwards
+from exo_core.orchestration.stages import StageRunner
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.control import Error
 from exo_core.protocol.frame import FrameType
@@ -92,9 +92,7 @@ class Node:
         self.gossip = Gossip(
             self.cluster, transport, interval=gossip_interval, on_change=self._on_cluster_change
         )
-        self.stages = StageRunner(
-            node_id, self.shards, self.catalog, self.send, slots=core.compute_slots or concurrent_forwards()
-        )
+        self.stages = StageRunner(node_id, self.shards, self.catalog, self.send, slots=core.compute_slots)
         self.backend = NodeBackend(
             self.cluster,
             self.catalog,

@@ -50,7 +50,12 @@ def concurrent_forwards(env: Mapping[str, str] | None = None, cores: int | None 
 
 
 class StageRunner:
-    """Executes the stages of any request that this node has in its plan."""
+    """Executes the stages of any request that this node has in its plan.
+
+    Args:
+        slots: forward passes run at once (``--compute-slots``); 0 picks :func:`concurrent_forwards`.
+        idle_timeout: seconds without a message after which a request's caches are freed.
+    """
 
     def __init__(
         self,
@@ -60,7 +65,7 @@ class StageRunner:
         send: Send,
         *,
         idle_timeout: float = 600.0,
-        slots: int | None = None,
+        slots: int = 0,
     ) -> None:
         self.self_id = self_id
         self._shards = shards

@@ -15,7 +15,9 @@ Weights are prepared once at load for few, cheap calls per token:
   ``down`` are 1.3-3.5 MB each) and one step streams one contiguous region.
 
 q/k rows are in Hugging Face order, so RoPE is rotate-half. A single-token step (decode) takes a dedicated
-path on 1-D vectors with ~25 NumPy calls per block; prompts take the batched path.
+path on 1-D vectors with ~25 NumPy calls per block (:func:`block_step`); one step of each of several
+requests takes :func:`block_steps`, which gives every row exactly the numbers of its lone step; prompts
+take :func:`attention_block` and :func:`mlp_block` over all their positions.
 """
 
 from __future__ import annotations
