@@ -162,17 +162,12 @@ class NumpyShard:
     def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run the shard over ``x`` (ids or hidden states) at the cache's next positions."""
         w, cfg = self.weights, self.config
-        if self.is_first:
-            assert w.embed is not None
-            h = w.embed(x)
-        else:
-            h = np.array(x, dtype=F32, order="C")
+        h = self._hidden(x)
         t = h.shape[0]
         cache.reserve(t)
         pos = cache.pos
         cos2, sin2 = self.rope.get(pos, t)
         if t == 1:  # decode: one residual vector updated in place, block by block
-            h = np.array(h, dtype=F32, order="C")  # private: updated in place (the lookup may share)
             row = h[0]
             for li, lw in enumerate(w.layers):
                 block_step(row, lw, cfg, cache.k[li], cache.v[li], pos, cos2[0], sin2[0])
@@ -198,11 +193,7 @@ class NumpyShard:
         w, cfg = self.weights, self.config
         for cache in caches:
             cache.reserve(1)
-        if self.is_first:
-            assert w.embed is not None
-            h = np.array(w.embed(x), dtype=F32, order="C")
-        else:
-            h = np.array(x, dtype=F32, order="C")
+        h = self._hidden(x)
         positions = [cache.pos for cache in caches]
         cos2, sin2 = self.rope.at(positions)
         for li, lw in enumerate(w.layers):
@@ -212,6 +203,15 @@ class NumpyShard:
         for cache in caches:
             cache.pos += 1
         return self._logits(h, few_rows_matmul) if self.is_last else h
+
+    def _hidden(self, x: np.ndarray) -> np.ndarray:
+        """The input rows as a private C-contiguous float32 array, which the decode paths update in place:
+        the embedding rows of ids on the first shard (the lookup may return shared memory), else a copy of
+        the hidden states."""
+        if self.is_first:
+            assert self.weights.embed is not None
+            x = self.weights.embed(x)
+        return np.array(x, dtype=F32, order="C")
 
     def _logits(
         self, rows: np.ndarray, matmul: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.matmul
