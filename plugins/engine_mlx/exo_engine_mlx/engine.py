@@ -1,11 +1,12 @@
 """The ``mlx`` inference engine: one shard on MLX (Metal on Apple silicon, CPU elsewhere), per-request KV
-caches, work in worker threads one forward at a time."""
+caches, work on one MLX thread one forward at a time."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
@@ -13,10 +14,14 @@ import numpy as np
 
 from exo_core.engine import MemoryUsage, ShardInfo, check_input
 from exo_core.models.source import ModelSource, load_config
+from exo_engine_mlx import thread as mlx_thread
 from exo_engine_mlx.model import KVCache, ShardModel
 from exo_engine_mlx.quant import source_quant
-from exo_engine_mlx.runtime import BlasChoice, import_mlx
+from exo_engine_mlx.runtime import BlasChoice, import_mlx, second_cpu_stream
 from exo_engine_mlx.weights import Representation, load_params
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class MlxEngine:
         max_context: cap on positions per request (0: the model's context length).
         cache_step: the KV cache grows in steps of this many positions.
         compile: ``mx.compile`` the fixed-shape half of each block.
+        split_matmuls: on MLX's CPU backend with two or more cores, split large dense matrices in two and
+            run the halves of each product on two CPU streams (see :class:`exo_engine_mlx.weights.Linear`).
         blas / blas_path: how MLX is imported if nothing imported it yet (see
             :func:`exo_engine_mlx.runtime.import_mlx`).
 
@@ -63,6 +70,7 @@ class MlxEngine:
         max_context: int = 0,
         cache_step: int = 256,
         compile: bool = True,
+        split_matmuls: bool = True,
         blas: BlasChoice = "auto",
         blas_path: str = "",
     ) -> None:
@@ -77,14 +85,15 @@ class MlxEngine:
         self.max_context = max_context
         self.cache_step = cache_step
         self.compile = compile
+        self.split_matmuls = split_matmuls
         self._model: ShardModel | None = None
         self._info: ShardInfo | None = None
         self._key: tuple[ModelSource, int, int] | None = None
         self._caches: dict[str, KVCache] = {}
+        # MLX work (loading, every forward) runs on the process's one MLX thread, one call at a time and in
+        # order (see exo_engine_mlx.thread): its streams exist on that thread only, and the caches stay
+        # consistent
         self._load_lock = anyio.Lock()
-        # MLX evaluates one graph at a time per stream; serializing keeps every request's arrays on one
-        # device stream and the caches consistent.
-        self._limiter = anyio.CapacityLimiter(1)
 
     @property
     def representation(self) -> Representation | None:
@@ -107,9 +116,7 @@ class MlxEngine:
             self._model = None  # release the old shard's memory before reading the new one
             self._caches.clear()
             self._info = self._key = None
-            model = await anyio.to_thread.run_sync(
-                self._build, source, first_layer, last_layer, limiter=self._limiter
-            )
+            model = await mlx_thread.run(self._build, source, first_layer, last_layer)
             self._model, self._key = model, key
             self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
 
@@ -117,7 +124,7 @@ class MlxEngine:
         config = load_config(source)
         rep = choose_representation(self.representation_choice, source, on_gpu())
         started = time.perf_counter()
-        params = load_params(source, first, last, rep)
+        params = load_params(source, first, last, rep, split_stream=self._split_stream())
         log.info(
             "mlx: loaded %s layers %d..%d (%s, %.1f MB) in %.2f s",
             source.model_id,
@@ -130,6 +137,13 @@ class MlxEngine:
         return ShardModel(
             config, params, is_first=first == 0, is_last=last == config.n_layers - 1, compile=self.compile
         )
+
+    def _split_stream(self) -> mx.Stream | None:
+        """The second CPU stream for split matmuls, or ``None`` when they are off or would not help (on
+        Metal, or with a single core)."""
+        if not self.split_matmuls or on_gpu() or (os.cpu_count() or 1) < 2:
+            return None
+        return second_cpu_stream()
 
     async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
         """See :meth:`exo_core.engine.InferenceEngine.forward`."""
@@ -146,7 +160,7 @@ class MlxEngine:
                 limit = min(limit, self.max_context)
             cache = model.new_cache(self.cache_step, limit)
             self._caches[request_id] = cache
-        return await anyio.to_thread.run_sync(model.forward, cache, x, all_logits, limiter=self._limiter)
+        return await mlx_thread.run(model.forward, cache, x, all_logits)
 
     async def free(self, request_id: str) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.free`."""

@@ -123,7 +123,7 @@ class ShardModel:
         t = h.shape[0]
         h = h + b.o(att[0].transpose(1, 0, 2).reshape(t, c.n_heads * c.head_dim))
         x = mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps)
-        g, u = mx.split(b.gate_up(x), 2, axis=-1)
+        g, u = b.gate_up.halves(x)
         return h + b.down(g * mx.sigmoid(g) * u)
 
     def _embed_in(self, x: mx.array) -> mx.array:
@@ -171,7 +171,7 @@ class ShardModel:
             vc = mx.slice_update(vc, qkv[:, n_qk:].reshape(1, nkv, 1, hd), start, axes=(2,))
             att = mx.fast.scaled_dot_product_attention(qk[:, :nh], kc, vc, scale=self.scale, mask=mask)
             h = h + b.o(att.reshape(1, nh * hd))
-            g, u = mx.split(b.gate_up(mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps)), 2, axis=-1)
+            g, u = b.gate_up.halves(mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps))
             h = h + b.down(g * mx.sigmoid(g) * u)
             new_keys.append(kc)
             new_values.append(vc)

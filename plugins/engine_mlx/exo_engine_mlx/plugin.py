@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exo_core.components import ComponentContext, RegisterComponent
 from exo_core.hookspecs import hookimpl
+from exo_engine_mlx import thread as mlx_thread
 from exo_engine_mlx.runtime import check_blas, import_mlx
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ class MlxEngineSettings(BaseSettings):
     max_context: int = Field(0, ge=0, description="max positions per request (0: the model's context length)")
     cache_step: int = Field(256, ge=1, description="the KV cache grows in steps of this many positions")
     compile: bool = Field(True, description="mx.compile the fixed-shape parts of each block")
+    split_matmuls: bool = Field(
+        True,
+        description="CPU backend with 2+ cores: cut large matrices in two and multiply the halves on two "
+        "CPU streams at once (both cores read weights; ignored on Metal)",
+    )
 
 
 def available() -> str | None:
@@ -57,7 +63,7 @@ def build(ctx: ComponentContext) -> MlxEngine:
     reason = import_mlx(settings.blas, settings.blas_path)
     if reason is not None:
         raise RuntimeError(reason)
-    check_blas()
+    mlx_thread.call(check_blas)  # MLX work runs on the MLX thread only
     from exo_engine_mlx.engine import MlxEngine
 
     return MlxEngine(
@@ -65,6 +71,7 @@ def build(ctx: ComponentContext) -> MlxEngine:
         max_context=settings.max_context,
         cache_step=settings.cache_step,
         compile=settings.compile,
+        split_matmuls=settings.split_matmuls,
         blas=settings.blas,
         blas_path=settings.blas_path,
     )

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+import threading
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 log = logging.getLogger(__name__)
 
 BlasChoice = Literal["auto", "bundled"]
 
 _result: dict[str, str | None] = {}
+_streams: list[mx.Stream] = []
+_streams_lock = threading.Lock()
 
 
 def import_mlx(blas: BlasChoice = "auto", blas_path: str = "") -> str | None:
@@ -58,3 +64,14 @@ def check_blas() -> None:
         )
     else:
         log.info("mlx: dense matmul runs on %s at %.1f GFLOP/s", report.library, report.gflops)
+
+
+def second_cpu_stream() -> mx.Stream:
+    """A CPU stream besides the default one, created once per process and shared by every engine (MLX
+    runs each stream's work on its own thread, so ops on it run beside the default stream's)."""
+    import mlx.core as mx
+
+    with _streams_lock:
+        if not _streams:
+            _streams.append(mx.new_stream(mx.cpu))
+        return _streams[0]
