@@ -42,11 +42,12 @@ SPLIT_MIN_BYTES = 3 * 1024 * 1024
 class Linear:
     """A matrix ``W`` (``(out, in)``) applied as ``x @ W.T``.
 
-    Dense float32 (``scales is None``) is stored in the layout that makes MLX's one-row (decode) product
-    cheapest with MKL here: transposed, ``w = W.T`` as ``(in, out)`` C-contiguous and applied as ``x @ w``,
-    when ``out >= in`` (qkv, o, gate_up, the head: ~1.3-1.8x faster than ``x @ W.T``), and as stored,
-    ``(out, in)``, otherwise (down: ~1.3x faster that way); see docs/engines.md. Quantized keeps MLX's
-    ``(out, in/pack)`` layout for ``mx.quantized_matmul``.
+    Dense float32 (``scales is None``): ``w`` is ``W.T``, shaped ``(in, out)`` and applied as ``x @ w``, kept
+    in the memory layout that makes MLX's one-row (decode) product cheapest with MKL here: ``(in, out)``
+    C-contiguous when ``out >= in`` (qkv, o, gate_up, the head: ~1.3-1.8x faster than the other layout,
+    ``transposed``), else ``(out, in)`` C-contiguous as stored (down: ~1.3x faster that way), which ``w``
+    then views transposed; see docs/engines.md. The view is made once at load, so a product is one
+    primitive either way. Quantized keeps MLX's ``(out, in/pack)`` layout for ``mx.quantized_matmul``.
 
     A large dense matrix may be *split* (``w2`` set): ``w`` then holds the first half of the output features
     and ``w2`` the rest, and a product runs the two halves at once, the second on ``stream``, so both CPU
@@ -60,9 +61,9 @@ class Linear:
     biases: mx.array | None = None
     bits: int = 0
     group_size: int = 0
-    #: dense ``w`` holds ``W.T`` (``(in, out)``)
+    #: dense: ``w``'s memory is ``(in, out)`` C-contiguous (else a transposed view of ``(out, in)``)
     transposed: bool = False
-    #: dense, split: the second half of the output features (the layout of ``w``)
+    #: dense, split: the second half of the output features (like ``w``)
     w2: mx.array | None = None
     #: the stream ``w2``'s half runs on
     stream: mx.Stream | None = None
@@ -75,17 +76,19 @@ class Linear:
         import mlx.core as mx
 
         transposed = w.shape[0] >= w.shape[1]
-        stored = w.T if transposed else w  # output features along axis 1 if transposed, else axis 0
+
+        def applied(rows: np.ndarray) -> mx.array:
+            """``rows`` (``(out', in)``) as an ``(in, out')`` MLX array in the chosen memory layout."""
+            if transposed:
+                return mx.array(np.ascontiguousarray(rows.T))
+            view = mx.array(np.ascontiguousarray(rows)).T
+            mx.eval(view)  # a view of the (out', in) buffer, evaluated now rather than in every graph
+            return view
+
         if stream is None or w.nbytes < SPLIT_MIN_BYTES or w.shape[0] < 2:
-            return cls(mx.array(np.ascontiguousarray(stored)), transposed=transposed)
+            return cls(applied(w), transposed=transposed)
         half = w.shape[0] // 2
-        first, second = (stored[:, :half], stored[:, half:]) if transposed else (stored[:half], stored[half:])
-        return cls(
-            mx.array(np.ascontiguousarray(first)),
-            transposed=transposed,
-            w2=mx.array(np.ascontiguousarray(second)),
-            stream=stream,
-        )
+        return cls(applied(w[:half]), transposed=transposed, w2=applied(w[half:]), stream=stream)
 
     def __call__(self, x: mx.array) -> mx.array:
         import mlx.core as mx
@@ -93,7 +96,7 @@ class Linear:
         if self.w2 is not None:
             return mx.concatenate(list(self.halves(x)), axis=-1)
         if self.scales is None:
-            return x @ self.w if self.transposed else x @ self.w.T
+            return x @ self.w
         return mx.quantized_matmul(
             x, self.w, self.scales, self.biases, transpose=True, group_size=self.group_size, bits=self.bits
         )
@@ -107,9 +110,9 @@ class Linear:
             first, second = mx.split(self(x), 2, axis=-1)
             return first, second
         assert self.stream is not None
-        y = x @ self.w if self.transposed else x @ self.w.T
+        y = x @ self.w
         with mx.stream(self.stream):
-            y2 = x @ self.w2 if self.transposed else x @ self.w2.T
+            y2 = x @ self.w2
         return y, y2
 
     def rows(self, ids: mx.array) -> mx.array:
@@ -118,20 +121,15 @@ class Linear:
 
         if self.scales is None:
             if self.w2 is None:
-                return self._dense_rows(self.w, ids)
-            n = self.w.shape[1] if self.transposed else self.w.shape[0]
-            first = self._dense_rows(self.w, mx.minimum(ids, n - 1))
-            second = self._dense_rows(self.w2, mx.maximum(ids - n, 0))
+                return mx.take(self.w, ids, axis=1).T
+            n = self.w.shape[1]
+            first = mx.take(self.w, mx.minimum(ids, n - 1), axis=1).T
+            second = mx.take(self.w2, mx.maximum(ids - n, 0), axis=1).T
             return mx.where((ids < n)[:, None], first, second)
         assert self.biases is not None
         return mx.dequantize(
             self.w[ids], self.scales[ids], self.biases[ids], group_size=self.group_size, bits=self.bits
         )
-
-    def _dense_rows(self, w: mx.array, ids: mx.array) -> mx.array:
-        import mlx.core as mx
-
-        return mx.take(w, ids, axis=1).T if self.transposed else w[ids]
 
     @property
     def nbytes(self) -> int:
