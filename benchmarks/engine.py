@@ -162,7 +162,8 @@ def run_llamacpp(cmd: list[str]) -> tuple[float, float] | None:
     return float(out["prefill_tok_s"]), float(out["decode_tok_s"])
 
 
-async def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line, checked."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -178,10 +179,20 @@ async def main() -> int:
     parser.add_argument(
         "--no-baseline", action="store_true", help="do not measure the numpy engine beside it"
     )
-    parser.add_argument("--llamacpp-python", default=os.environ.get("EXO_BENCH_LLAMACPP_PYTHON"))
+    parser.add_argument(
+        "--llamacpp-python",
+        default=os.environ.get("EXO_BENCH_LLAMACPP_PYTHON"),
+        help="a Python with llama-cpp-python installed, to measure llama.cpp in a subprocess",
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.decode_tokens < 1 or args.prompt_tokens < 1:
         parser.error("--rounds, --decode-tokens and --prompt-tokens must be >= 1")
+    if args.llamacpp_python and not os.path.isfile(args.llamacpp_python):
+        parser.error(f"--llamacpp-python / $EXO_BENCH_LLAMACPP_PYTHON: no such file {args.llamacpp_python!r}")
+    return args
+
+
+async def main(args: argparse.Namespace) -> int:
     source = resolve_model(args.model)
     config = load_config(source)
     ids = prompt_ids(source, args.prompt_tokens)
@@ -256,4 +267,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(anyio.run(main))
+    raise SystemExit(anyio.run(main, parse_args()))
