@@ -17,7 +17,9 @@ times that many tokens; the best round counts, as for the engines (``gemv_gb_s``
 the fastest single GEMV, for reference). The GEMV is timed in both layouts, ``x @ W.T`` over
 ``(rows, hidden)`` and ``x @ W`` over ``(hidden, rows)`` (OpenBLAS streams the second up to ~1.8x faster
 here), and the faster one sets the ceiling. ``ceiling_ratio`` = decode / ceiling of the measured engine
-(``ceiling_ratio_by_layout`` against each layout's GEMV alone).
+(``ceiling_ratio_by_layout`` against each layout's GEMV alone). ``per_round`` lists each round alone: the
+measured engine's decode, the faster layout's GEMV timed right after it, and their ratio (the machine's
+memory sometimes reads ~45 GB/s for minutes where it usually reads ~31, and rounds can straddle the change).
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ class GemvCeiling:
         self.sustained: dict[str, float] = dict.fromkeys(self.layouts, 0.0)
         self.burst: dict[str, float] = dict.fromkeys(self.layouts, 0.0)
 
-    def measure(self, n: int) -> None:
-        """One round: ``n`` GEMVs per layout; updates the best bytes/s (sustained and single call)."""
+    def measure(self, n: int) -> dict[str, float]:
+        """One round: ``n`` GEMVs per layout; updates the best bytes/s (sustained and single call) and
+        returns this round's sustained bytes/s per layout."""
+        this_round: dict[str, float] = {}
         for layout, w in self.layouts.items():
             best_call = float("inf")
             started = time.perf_counter()
@@ -119,8 +123,10 @@ class GemvCeiling:
                 self.x @ w
                 best_call = min(best_call, time.perf_counter() - call)
             total = time.perf_counter() - started
-            self.sustained[layout] = max(self.sustained[layout], n * self.nbytes / total)
+            this_round[layout] = n * self.nbytes / total
+            self.sustained[layout] = max(self.sustained[layout], this_round[layout])
             self.burst[layout] = max(self.burst[layout], self.nbytes / best_call)
+        return this_round
 
 
 LLAMACPP_SCRIPT = r"""
@@ -225,10 +231,22 @@ async def main(args: argparse.Namespace) -> int:
         old = best.setdefault(key, [0.0, 0.0])
         best[key] = [max(old[0], prefill), max(old[1], decode)]
 
+    per_round: list[dict[str, float]] = []
     for _ in range(args.rounds):
+        round_decode = 0.0
         for name, engine in engines.items():
-            keep(name, *await time_engine(engine, ids, args.decode_tokens))
-        ceiling_gemv.measure(args.decode_tokens)
+            round_prefill, decode_tok_s = await time_engine(engine, ids, args.decode_tokens)
+            keep(name, round_prefill, decode_tok_s)
+            if name == args.engine:
+                round_decode = decode_tok_s
+        round_gemv = max(ceiling_gemv.measure(args.decode_tokens).values())
+        per_round.append(
+            {
+                "decode_tok_s": round(round_decode, 2),
+                "gemv_gb_s": round(round_gemv / 1e9, 2),
+                "ceiling_ratio": round(round_decode * bytes_per_token / round_gemv, 3),
+            }
+        )
         if llama_cmd is not None:
             ref = await anyio.to_thread.run_sync(run_llamacpp, llama_cmd)
             if ref is not None:
@@ -250,6 +268,9 @@ async def main(args: argparse.Namespace) -> int:
             "ceiling_ratio": round(decode / ceiling, 3),
             # the ratio against each layout's GEMV alone (``x@W.T`` was the only one measured before)
             "ceiling_ratio_by_layout": {k: round(decode * bytes_per_token / v, 3) for k, v in gemv.items()},
+            # each round alone: its decode against the GEMV timed right after it (the machine's memory
+            # speed drifts between rounds, which the best-of-rounds figures above hide)
+            "per_round": per_round,
         }
     )
     for ref_name in ("numpy", "llamacpp"):
