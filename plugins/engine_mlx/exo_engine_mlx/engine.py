@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
-from exo_core.engine import MemoryUsage, ShardInfo, check_input
+from exo_core.engine import MemoryUsage, ShardInfo, check_input, check_steps
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_mlx import thread as mlx_thread
 from exo_engine_mlx.model import KVCache, ShardModel
@@ -153,6 +154,21 @@ class MlxEngine:
         x = check_input(x, model.config, is_first=model.is_first)
         if model.is_first:
             x = x.astype(np.int32)
+        return await mlx_thread.run(model.forward, self._cache(model, request_id), x, all_logits)
+
+    async def forward_batch(self, steps: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """See :meth:`exo_core.engine.BatchingEngine.forward_batch`: one pass, each product run once over
+        all the rows (a batched row's numbers can differ from its lone step's in the last bits)."""
+        model = self._model
+        if model is None:
+            raise RuntimeError("the mlx engine has no model loaded; call load() first")
+        x = check_steps(steps, model.config, is_first=model.is_first)
+        caches = [self._cache(model, rid) for rid, _ in steps]
+        out = await mlx_thread.run(model.forward_steps, caches, x)
+        return [out[b] if model.is_last else out[b : b + 1] for b in range(len(steps))]
+
+    def _cache(self, model: ShardModel, request_id: str) -> KVCache:
+        """The request's cache, created empty (sized for this engine's context limit) on first use."""
         cache = self._caches.get(request_id)
         if cache is None:
             limit = model.config.context_length
@@ -160,7 +176,7 @@ class MlxEngine:
                 limit = min(limit, self.max_context)
             cache = model.new_cache(self.cache_step, limit)
             self._caches[request_id] = cache
-        return await mlx_thread.run(model.forward, cache, x, all_logits)
+        return cache
 
     async def free(self, request_id: str) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.free`."""

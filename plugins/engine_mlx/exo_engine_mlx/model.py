@@ -177,6 +177,44 @@ class ShardModel:
             new_values.append(vc)
         return (self._head(h) if self.is_last else h), new_keys, new_values
 
+    def _decode_rows(self, x: mx.array, caches: list[KVCache]) -> mx.array:
+        """One position of each of ``B`` requests (row ``r`` belongs to ``caches[r]``, at its own position),
+        eagerly: every product runs once over the ``(B, hidden)`` rows, attention row by row over the
+        row's own cache. Writes each row's key and value into its cache."""
+        import mlx.core as mx
+
+        c = self.config
+        nh, nkv, hd = c.n_heads, c.n_kv_heads, c.head_dim
+        n_qk = (nh + nkv) * hd
+        h = self._embed_in(x)
+        rows = h.shape[0]
+        positions = [cache.pos for cache in caches]
+        # RoPE factors of each row's position, rotate-half as in the decode graph: (B, 1, 2, hd/2)
+        angle = mx.array(positions, dtype=mx.float32)[:, None] / self.params.freqs[None, :]
+        cos, sin = mx.cos(angle), mx.sin(angle)
+        cos2, sin2 = mx.stack([cos, cos], axis=1)[:, None], mx.stack([-sin, sin], axis=1)[:, None]
+        for li, b in enumerate(self.params.blocks):
+            qkv = b.qkv(mx.fast.rms_norm(h, b.attn_norm, c.rms_norm_eps))
+            if b.qkv_bias is not None:
+                qkv = qkv + b.qkv_bias
+            halves = qkv[:, :n_qk].reshape(rows, nh + nkv, 2, hd // 2)
+            qk = (halves * cos2 + halves[..., ::-1, :] * sin2).reshape(rows, nh + nkv, 1, hd)
+            v = qkv[:, n_qk:].reshape(rows, nkv, 1, hd)
+            atts = []
+            for r, (cache, pos) in enumerate(zip(caches, positions, strict=True)):
+                keys, values = cache.keys[li], cache.values[li]
+                keys[:, :, pos : pos + 1] = qk[r : r + 1, nh:]
+                values[:, :, pos : pos + 1] = v[r : r + 1]
+                cache.keys[li], cache.values[li] = keys, values
+                att = mx.fast.scaled_dot_product_attention(
+                    qk[r : r + 1, :nh], keys[:, :, : pos + 1], values[:, :, : pos + 1], scale=self.scale
+                )
+                atts.append(att.reshape(1, nh * hd))
+            h = h + b.o(mx.concatenate(atts, axis=0))
+            g, u = b.gate_up.halves(mx.fast.rms_norm(h, b.ffn_norm, c.rms_norm_eps))
+            h = h + b.down(g * mx.sigmoid(g) * u)
+        return self._head(h) if self.is_last else h
+
     def _prefill(self, x: mx.array, cache: KVCache, pos: int, all_logits: bool) -> mx.array:
         import mlx.core as mx
 
@@ -225,3 +263,20 @@ class ShardModel:
         if out.dtype != np.float32:
             out = out.astype(np.float32)
         return out[0] if self.is_last and not all_logits else out
+
+    def forward_steps(self, caches: list[KVCache], x: np.ndarray) -> np.ndarray:
+        """One position for each of ``B`` requests at once (a batched decode step): ``x`` is ``(B,)`` ids or
+        ``(B, hidden)`` hidden states, row ``b`` belonging to ``caches[b]`` (distinct requests). Returns
+        ``(B, hidden)`` hidden states, or ``(B, vocab)`` logits on the last shard. Every cache makes room
+        before anything is computed (``ValueError`` on overflow, no position moved)."""
+        import mlx.core as mx
+
+        for cache in caches:
+            cache.reserve(1)
+        inp = mx.array(x.astype(np.int32) if self.is_first else x)
+        h = self._decode_rows(inp, caches)
+        mx.eval(h, *(a for cache in caches for a in cache.arrays()))
+        for cache in caches:
+            cache.pos += 1
+        out = np.array(h, copy=True)
+        return out if out.dtype == np.float32 else out.astype(np.float32)
