@@ -58,6 +58,20 @@ class ModelConfig:
         """The first end-of-sequence id (``None`` if the model declares none)."""
         return self.eos_token_ids[0] if self.eos_token_ids else None
 
+    @property
+    def head_in_layers(self) -> int:
+        """The output head's weights in units of one block's, rounded (SmolLM2-135M: 8).
+
+        A decode step reads the whole head on the last shard as it reads every block, so a plan counts the
+        head as this many layers for the node that holds it (``exo_core.topology.partition.fold_head``).
+        """
+        block = self.hidden_size * (
+            (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+            + self.n_heads * self.head_dim
+            + 3 * self.intermediate_size
+        )
+        return round(self.vocab_size * self.hidden_size / block) if block > 0 else 0
+
     def check_layer_range(self, first_layer: int, last_layer: int) -> None:
         """Raise ``ValueError`` unless ``0 <= first_layer <= last_layer < n_layers``."""
         if not 0 <= first_layer <= last_layer < self.n_layers:

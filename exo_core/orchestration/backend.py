@@ -31,7 +31,7 @@ from exo_core.orchestration.requests import RequestFailed, RequestTracker
 from exo_core.protocol import inference as wire
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.topology.cluster import ClusterView
-from exo_core.topology.partition import NoCapacityError, Partitioner, Plan
+from exo_core.topology.partition import NoCapacityError, Partitioner, Plan, fold_head
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,15 @@ class NodeBackend:
             )
         return loaded, ids
 
-    def plan(self, model: str, n_layers: int) -> Plan:
+    def plan(self, model: str, n_layers: int, head_layers: int = 0) -> Plan:
+        """The partitioner's plan for ``n_layers`` layers and an output head worth ``head_layers`` layers,
+        the head folded onto the last node (:func:`~exo_core.topology.partition.fold_head`)."""
         try:
-            plan = self.partitioner.plan(self.cluster.resources(), self.cluster.edges(), n_layers)
+            nodes, edges = self.cluster.resources(), self.cluster.edges()
+            units = self.partitioner.plan(nodes, edges, n_layers + head_layers)
         except NoCapacityError as exc:
             raise BackendError(503, "no_capacity", str(exc)) from exc
+        plan = fold_head(units, n_layers)
         self._last_plan = (model, n_layers, plan)
         return plan
 
@@ -182,7 +186,7 @@ class NodeBackend:
         request_id: str,
     ) -> AsyncIterator[BackendEvent]:
         loaded, ids = await self._prepare(model, messages, prompt)
-        plan = self.plan(model, loaded.config.n_layers)
+        plan = self.plan(model, loaded.config.n_layers, loaded.config.head_in_layers)
         room = loaded.config.context_length - len(ids)
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
         ctx = wire.RequestContext(

@@ -3,7 +3,9 @@
 The built-in ``ring-memory-weighted`` partitioner orders nodes by memory (largest first, ties broken by
 node id), prefers an order in which consecutive nodes of the ring are directly connected, and gives each
 node a contiguous range proportional to its memory (largest-remainder rounding, at least one layer each).
-The same topology always yields the same plan.
+The same topology always yields the same plan. The node asks a partitioner for a plan over the model's
+layers plus the output head counted as layers, and folds the head back onto the last node
+(:func:`fold_head`).
 """
 
 from __future__ import annotations
@@ -116,6 +118,22 @@ def allocate_layers(weights: Sequence[float], n_layers: int) -> list[int]:
             counts[donor] -= 1
             counts[i] += 1
     return counts
+
+
+def fold_head(plan: Plan, n_layers: int) -> Plan:
+    """Map a plan over ``n_layers + h`` units, whose last ``h`` units stand for the output head, back onto
+    ``n_layers`` layers: the node that holds the last layer holds the head, so it gets ``h`` fewer layers
+    than its share. A node whose share is all head units is left out (the node before it holds the head).
+
+    A decode step reads the head (for SmolLM2-135M as many bytes as 8 of its 30 blocks) on the last node;
+    counting it keeps the nodes' work per token, and their memory, in proportion to their shares.
+    """
+    out = []
+    for e in plan:
+        if e.first_layer >= n_layers:
+            break
+        out.append(PlanEntry(e.node_id, e.first_layer, min(e.last_layer, n_layers - 1)))
+    return tuple(out)
 
 
 class RingMemoryWeighted:

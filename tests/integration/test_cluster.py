@@ -64,6 +64,10 @@ def test_eight_concurrent_streams_on_two_nodes(
         assert text == alone[prompt], prompt
     logs = local.log_path.read_text(errors="replace") + remote.log_path.read_text(errors="replace")
     assert "decode steps as one batch" in logs
+    # the output head counts as 8 layers: the node holding it gets fewer (two equal nodes: 19 and 11)
+    shards = [(s["first_layer"], s["last_layer"]) for s in local.get("/v1/topology")["plan"]["shards"]]
+    assert shards[0][0] == 0 and shards[-1][1] == 29 and len(shards) == 2
+    assert shards[0][1] - shards[0][0] > shards[-1][1] - shards[-1][0] + 4
 
 
 def test_killed_node_ends_stream_with_error_and_survivor_serves(

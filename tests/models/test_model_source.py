@@ -29,6 +29,12 @@ def test_default_model_resolves_offline_from_the_wheel(default_source: ModelSour
     assert cfg.rope_theta == 100000.0 and cfg.context_length == 8192
 
 
+def test_head_counts_as_layers_by_its_bytes(default_source: ModelSource) -> None:
+    config = load_config(default_source)
+    # SmolLM2-135M: a 49152 x 576 head against blocks of 576 x (960 + 576 + 3 x 1536) weights
+    assert config.head_in_layers == round(49152 * 576 / (576 * (960 + 576 + 3 * 1536))) == 8
+
+
 def test_local_paths(tiny: ModuleType, tmp_path: Path) -> None:
     folder = tiny.write("qwen2", tmp_path / "q")
     src = resolve_model(str(folder))

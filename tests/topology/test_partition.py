@@ -11,6 +11,7 @@ from exo_core.topology.partition import (
     PlanEntry,
     RingMemoryWeighted,
     allocate_layers,
+    fold_head,
     ring_order,
 )
 
@@ -97,3 +98,25 @@ def test_relay_node_sits_in_the_middle_even_when_it_would_lead() -> None:
     # equal memory: "a" ranks first, but only a middle position makes every hidden-state hop direct
     nodes = [NodeResources("a", 1000), NodeResources("b", 1000), NodeResources("c", 1000)]
     assert ring_order(nodes, edges(("a", "b"), ("a", "c"))) == ["b", "a", "c"]
+
+
+def test_fold_head_gives_the_last_node_fewer_layers() -> None:
+    """Two equal nodes, 30 layers and a head worth 8: shares of 19 units each, the head's 8 on the last."""
+    nodes = [NodeResources("a", 8000), NodeResources("b", 8000)]
+    plan = fold_head(ring.plan(nodes, NONE, 30 + 8), 30)
+    assert plan == (PlanEntry("a", 0, 18), PlanEntry("b", 19, 29))
+    assert covers(plan, 30)
+    three = fold_head(ring.plan([*nodes, NodeResources("c", 8000)], NONE, 38), 30)
+    assert [e.n_layers for e in three] == [13, 13, 4] and covers(three, 30)
+
+
+def test_fold_head_leaves_out_a_node_whose_share_is_only_head() -> None:
+    nodes = [NodeResources("big", 64000), NodeResources("tiny", 1000)]
+    units = ring.plan(nodes, NONE, 4 + 8)  # tiny's one unit lies past the 4 layers
+    assert units[-1] == PlanEntry("tiny", 11, 11)
+    assert fold_head(units, 4) == (PlanEntry("big", 0, 3),)
+
+
+def test_fold_head_without_head_units_is_the_plan_itself() -> None:
+    plan = ring.plan([NodeResources("a", 8000), NodeResources("b", 4000)], NONE, 30)
+    assert fold_head(plan, 30) == plan
