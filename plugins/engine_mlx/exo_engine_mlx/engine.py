@@ -18,7 +18,7 @@ from exo_core.models.source import ModelSource, load_config
 from exo_engine_mlx import thread as mlx_thread
 from exo_engine_mlx.model import KVCache, ShardModel
 from exo_engine_mlx.quant import source_quant
-from exo_engine_mlx.runtime import BlasChoice, import_mlx, second_cpu_stream
+from exo_engine_mlx.runtime import BlasChoice, import_mlx, release_freed_memory, second_cpu_stream
 from exo_engine_mlx.weights import Representation, load_params
 
 if TYPE_CHECKING:
@@ -114,10 +114,14 @@ class MlxEngine:
                     f"but the model has {config.n_layers}"
                 )
             config.check_layer_range(first_layer, last_layer)
-            self._model = None  # release the old shard's memory before reading the new one
+            old, self._model = self._model, None  # release the old shard's memory before reading the new one
+            if old is not None:
+                old.close()
+            del old
             self._caches.clear()
             self._info = self._key = None
             model = await mlx_thread.run(self._build, source, first_layer, last_layer)
+            await mlx_thread.run(release_freed_memory)
             self._model, self._key = model, key
             self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
 

@@ -89,9 +89,15 @@ class ShardModel:
         self.config, self.params = config, params
         self.is_first, self.is_last = is_first, is_last
         self.scale = 1.0 / math.sqrt(config.head_dim)
-        self._step: Callable[..., tuple[mx.array, list[mx.array], list[mx.array]]] = (
+        self._step: Callable[..., tuple[mx.array, list[mx.array], list[mx.array]]] | None = (
             mx.compile(self._decode) if compile else self._decode
         )
+
+    def close(self) -> None:
+        """Drop the compiled step, which refers back to this model: without that reference cycle the
+        weights are freed as soon as the last reference to the model goes, not at the next garbage
+        collection (measured: 5 reloads without it left 1343 MB of MLX arrays alive for 538 MB of weights)."""
+        self._step = None
 
     def new_cache(self, step: int, max_len: int) -> KVCache:
         """An empty cache for one request."""
@@ -251,6 +257,8 @@ class ShardModel:
             keys, values = cache.keys, cache.values
             cache.keys, cache.values = [], []  # drop our references: the updates may reuse the buffers
             try:
+                if self._step is None:
+                    raise RuntimeError("this mlx shard was closed")
                 h, keys, values = self._step(inp, mx.array(pos, dtype=mx.int32), keys, values)
             finally:
                 cache.keys, cache.values = keys, values

@@ -6,6 +6,7 @@ constructor) goes through :func:`import_mlx`; the other modules import ``mlx.cor
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
 import threading
@@ -75,3 +76,17 @@ def second_cpu_stream() -> mx.Stream:
         if not _streams:
             _streams.append(mx.new_stream(mx.cpu))
         return _streams[0]
+
+
+def release_freed_memory() -> None:
+    """Give memory that freed arrays left behind back to the system: MLX's buffer cache, then on glibc the
+    C heap's free pages (MLX allocates CPU buffers with ``malloc``; glibc keeps freed blocks of a few MB in
+    its heap). Called after a shard is replaced."""
+    import mlx.core as mx
+
+    mx.clear_cache()
+    if sys.platform == "linux":
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass

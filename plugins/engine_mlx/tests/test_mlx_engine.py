@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 from exo_engine_mlx.engine import MlxEngine, choose_representation
@@ -100,6 +102,28 @@ async def test_context_overflow(source: ModelSource, n_layers: int) -> None:
         await engine.forward("r", np.ones((1, 575), np.float32))
     with pytest.raises(ValueError, match="float32"):
         await engine.forward("r", np.ones((1, 576), np.float64))
+
+
+async def test_reloading_frees_the_old_shard_at_once(source: ModelSource, n_layers: int) -> None:
+    """A reload frees the old shard before reading the new one (its compiled step referred back to it,
+    which left it to the next garbage collection): MLX never holds two shards' weights."""
+    import mlx.core as mx
+
+    baseline = mx.get_active_memory()  # the session's other engines
+    engine = MlxEngine(representation="dense")
+    await engine.load(source, 0, n_layers - 1, n_layers)
+    await engine.forward("r", PROMPT)
+    await engine.forward("r", PROMPT[:1])  # runs (and caches) the compiled step
+    for first, last in ((0, 9), (10, n_layers - 1), (0, 9)):
+        assert engine._model is not None
+        old = weakref.ref(engine._model)
+        await engine.load(source, first, last, n_layers)
+        assert old() is None
+        x = PROMPT if first == 0 else np.zeros((3, 576), np.float32)
+        await engine.forward("r", x)
+        await engine.forward("r", x[:1])
+        held = mx.get_active_memory() - baseline
+        assert held <= engine.memory().weights + 32e6, (first, last, held)
 
 
 async def test_middle_shard_returns_hidden_states(source: ModelSource, n_layers: int) -> None:
