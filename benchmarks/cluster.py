@@ -1,16 +1,18 @@
 """Cluster speed on loopback: decode tok/s of 1-, 2- and 3-node rings of real ``exo`` processes, and the
-aggregate tok/s of 4 concurrent requests on 2 nodes, all in one run. Prints one JSON object.
+aggregate tok/s of 4 concurrent requests on 1 and on 2 nodes, all in one run. Prints one JSON object.
 
-    .venv/bin/python benchmarks/cluster.py [--tokens 64] [--rounds 3]
+    .venv/bin/python benchmarks/cluster.py [--tokens 64] [--rounds 3] [--engine numpy|mlx]
+
+``--engine`` is every node's ``--inference-engine`` (default ``numpy``).
 
 Decode tok/s of one request = (generated tokens - 1) / (time of the last token - time of the first token),
 read from the streamed chunks (so prefill and model loading are excluded). The aggregate = all tokens of 4
-concurrent requests on the 2-node ring / wall time from the first request's first token to the last token.
+concurrent requests on the ring / wall time from the first request's first token to the last token.
 The 1-, 2- and 3-node rings all run at once (idle, a node costs nothing), each warmed up by one request
 that loads the shards; then ``--rounds`` rounds each measure one request per ring and the aggregate, in
 turn, and each figure keeps its best round (``every_round`` lists them all). Ratios compare with the
-single-node figure and the aggregate with the 2-node single-request figure of this run. Every node is a
-separate process on 127.0.0.1; nothing leaves the machine, and every request is bounded by
+single-node figure, and each aggregate with the single-request figure of its ring, of this run. Every
+node is a separate process on 127.0.0.1; nothing leaves the machine, and every request is bounded by
 ``max_tokens`` and a timeout.
 
 All nodes of all cluster sizes run with ``OPENBLAS_NUM_THREADS=1`` (one BLAS thread per node process), so
@@ -76,20 +78,18 @@ def core_share(n: int) -> dict[str, str]:
     return {**ONE_THREAD, "EXO_COMPUTE_SLOTS": str(max(1, (os.cpu_count() or 1) // n))}
 
 
-def cluster(tmp: Path, n: int, env: dict[str, str] | None = None) -> list[NodeProcess]:
-    """``n`` nodes: n-1 remotes with no peers, and one node whose peers.json lists them all."""
+def cluster(tmp: Path, n: int, engine: str, env: dict[str, str] | None = None) -> list[NodeProcess]:
+    """``n`` nodes running ``engine``: n-1 remotes with no peers, and one node whose peers.json lists them."""
     env = core_share(n) if env is None else env
     remotes = []
     for i in range(n - 1):
         empty = peers_file(tmp / f"empty{i}.json", {})
         args = ["--discovery-module", "manual", "--discovery-config-path", str(empty)]
+        args += ["--inference-engine", engine]
         remotes.append(NodeProcess(tmp / f"r{n}-{i}", args=args, env=dict(env)).start())
     peers = peers_file(tmp / f"peers{n}.json", {f"r{i}": r.address for i, r in enumerate(remotes)})
-    head = NodeProcess(
-        tmp / f"h{n}",
-        args=["--discovery-module", "manual", "--discovery-config-path", str(peers)],
-        env=dict(env),
-    )
+    args = ["--discovery-module", "manual", "--discovery-config-path", str(peers)]
+    head = NodeProcess(tmp / f"h{n}", args=[*args, "--inference-engine", engine], env=dict(env))
     nodes = [head.start(), *remotes]
     head.wait_for_nodes(n)
     return nodes
@@ -108,10 +108,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request (default 64)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best of each (default 3)")
+    parser.add_argument("--engine", default="numpy", help="every node's --inference-engine (default numpy)")
     args = parser.parse_args()
     if args.tokens < 3 or args.rounds < 1:
         parser.error("--tokens must be >= 3 and --rounds >= 1")
-    out: dict[str, Any] = {"tokens": args.tokens, "rounds": args.rounds}
+    out: dict[str, Any] = {"engine": args.engine, "tokens": args.tokens, "rounds": args.rounds}
     best: dict[str, float] = {}
     each: dict[str, list[float]] = {}
 
@@ -121,7 +122,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="exo-bench-cluster-") as d:
         tmp = Path(d)
-        nodes = cluster(tmp, 1, env=DEFAULT_THREADS)
+        nodes = cluster(tmp, 1, args.engine, env=DEFAULT_THREADS)
         try:
             stream_times(nodes[0], 8)  # warm-up: loads the model
             for _ in range(args.rounds):
@@ -134,11 +135,12 @@ def main() -> None:
         try:
             for n in (1, 2, 3):
                 (tmp / f"ring{n}").mkdir()
-                rings[n] = cluster(tmp / f"ring{n}", n)
+                rings[n] = cluster(tmp / f"ring{n}", n, args.engine)
                 stream_times(rings[n][0], 8)  # warm-up: loads every shard of the plan
             for _ in range(args.rounds):
                 for n, ring in rings.items():
                     keep(f"decode_tok_s_{n}node", decode_rate(stream_times(ring[0], args.tokens)))
+                keep("aggregate_tok_s_4concurrent_1node", aggregate(rings[1][0], args.tokens, 4))
                 keep("aggregate_tok_s_4concurrent_2node", aggregate(rings[2][0], args.tokens, 4))
         finally:
             for ring in rings.values():
@@ -151,6 +153,7 @@ def main() -> None:
     out["aggregate_ratio_4concurrent"] = round(
         best["aggregate_tok_s_4concurrent_2node"] / best["decode_tok_s_2node"], 3
     )
+    out["aggregate_ratio_4concurrent_1node"] = round(best["aggregate_tok_s_4concurrent_1node"] / single, 3)
     out["every_round"] = each
     print(json.dumps(out))
 
