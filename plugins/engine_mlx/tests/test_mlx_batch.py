@@ -45,6 +45,26 @@ async def test_a_batch_of_steps_matches_the_steps_one_by_one(
             assert batched.position(f"r{i}") == one.position(f"r{i}") == len(PROMPTS[i]) + step + 1
 
 
+async def test_batched_and_lone_steps_mix_on_the_same_requests(source: ModelSource, n_layers: int) -> None:
+    """A request's steps run batched while others generate and alone otherwise (the compiled step): each
+    reads the cache the other wrote, through cache growth."""
+    one, mixed = await _pair(source, n_layers, 0, n_layers - 1)
+    for e in (one, mixed):
+        await e.forward("a", np.array(PROMPTS[0]))
+        await e.forward("b", np.array(PROMPTS[1]))
+    for step in range(8):
+        ta, tb = np.array([100 + step]), np.array([200 + step])
+        refs = [await one.forward("a", ta), await one.forward("b", tb)]
+        if step % 2 == 0:
+            outs = await mixed.forward_batch([("a", ta), ("b", tb)])
+        else:
+            outs = [await mixed.forward("a", ta), await mixed.forward("b", tb)]
+        for out, ref in zip(outs, refs, strict=True):
+            np.testing.assert_allclose(out, ref, atol=2e-3)
+            assert int(np.argmax(out)) == int(np.argmax(ref))
+    assert mixed.position("a") == len(PROMPTS[0]) + 8 and mixed.position("b") == len(PROMPTS[1]) + 8
+
+
 async def test_batches_on_first_and_last_shards_chain(source: ModelSource, n_layers: int) -> None:
     """A first shard's batch returns (1, hidden) per step, which a last shard's batch takes as input."""
     first_one, first_b = await _pair(source, n_layers, 0, 9)
