@@ -120,7 +120,9 @@ class BatchingEngine(InferenceEngine, Protocol):
     running the steps of ``B`` concurrent requests as one ``(B, hidden)`` pass reads the weights once for
     all of them. The node's stage runner batches the single-position forwards that are waiting for a compute
     slot on the same engine (see ``exo_core.orchestration.batching``) when the engine has this method;
-    engines without it get one :meth:`InferenceEngine.forward` call per step.
+    engines without it get one :meth:`InferenceEngine.forward` call per step. An engine whose passes cannot
+    overlap (they run on one thread, say) may also set an int attribute ``concurrent_passes``: the node then
+    runs at most that many of its batched passes at once, and the steps that wait form one larger batch.
     """
 
     async def forward_batch(self, steps: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:

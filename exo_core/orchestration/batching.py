@@ -16,6 +16,7 @@ its own request (``forward_batch`` checks every input before it changes any cach
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -60,10 +61,23 @@ class _Lane:
     passes: dict[str, tuple[int, float, bool]] = field(default_factory=dict)
     arrived: anyio.Event = field(default_factory=anyio.Event)
     count: int = 0
+    #: the engine's own bound on its batched passes at once (``concurrent_passes``), or None
+    own: anyio.CapacityLimiter | None = None
+
+
+def _own_limiter(engine: InferenceEngine) -> anyio.CapacityLimiter | None:
+    """A limiter for an engine that declares ``concurrent_passes`` (see :class:`StepBatcher`)."""
+    n = getattr(engine, "concurrent_passes", None)
+    return anyio.CapacityLimiter(n) if isinstance(n, int) and n >= 1 else None
 
 
 class StepBatcher:
     """Runs engine forwards under a compute limiter, batching concurrent single-position steps.
+
+    An engine may declare ``concurrent_passes`` (an int): how many of its passes can usefully run at once
+    (the MLX engine runs all its work on one thread: 1). Its batched steps then also wait for one of those,
+    before they take a compute slot, so steps that would have made a second pass queue behind the first
+    and run as one larger batch.
 
     Args:
         limiter: the node's compute slots (see :func:`exo_core.orchestration.stages.concurrent_forwards`).
@@ -103,13 +117,18 @@ class StepBatcher:
         if len(x) != 1 or not isinstance(engine, BatchingEngine):
             async with self._limiter:
                 return await engine.forward(request_id, x)
-        lane = self._lanes.setdefault(engine, _Lane())
+        lane = self._lanes.get(engine)
+        if lane is None:
+            lane = self._lanes[engine] = _Lane(own=_own_limiter(engine))
         step = _Step(request_id, x, comes_back)
         lane.queue.append(step)
         lane.arrived.set()
         try:
             with step.waiting:  # cancelled when another task takes this step into its batch
-                async with self._limiter:
+                async with contextlib.AsyncExitStack() as stack:
+                    if lane.own is not None:
+                        await stack.enter_async_context(lane.own)
+                    await stack.enter_async_context(self._limiter)
                     await self._gather(lane, step)
                     if not step.taken:
                         batch = lane.queue[: self._max_batch]

@@ -92,6 +92,21 @@ async def test_two_slots_run_two_passes_at_once() -> None:
     assert sorted(x for call in engine.calls for x in call) == list("abcdef")
 
 
+class OneThreadEngine(BatchEngine):
+    concurrent_passes = 1
+
+
+async def test_an_engine_that_runs_one_pass_at_a_time_gets_one_batch_not_two() -> None:
+    """Two slots, but the engine declares one pass at a time: the queued steps wait for it and run as one
+    batch instead of splitting into two passes that would queue inside the engine anyway."""
+    engine, batcher = OneThreadEngine(), StepBatcher(anyio.CapacityLimiter(2))
+    results = await _run_all(batcher, engine, ["a", "b", "c", "d", "e", "f"])
+    assert engine.most_running == 1
+    assert engine.calls == [("a",), ("b", "c", "d", "e", "f")]
+    for i, rid in enumerate("abcdef"):
+        np.testing.assert_array_equal(results[rid], [2 * i])
+
+
 async def test_a_failed_batch_is_retried_step_by_step_and_fails_only_the_bad_step() -> None:
     engine, batcher = BatchEngine(), StepBatcher(anyio.CapacityLimiter(1))
     results = await _run_all(batcher, engine, ["a", "b", "bad", "c"])

@@ -64,6 +64,10 @@ class MlxEngine:
         RuntimeError: MLX cannot be imported here.
     """
 
+    #: passes worth running at once: all MLX work runs on one thread (``exo_engine_mlx.thread``), so a
+    #: second concurrent pass only splits a batch (see ``exo_core.orchestration.batching.StepBatcher``)
+    concurrent_passes = 1
+
     def __init__(
         self,
         *,
