@@ -1,14 +1,22 @@
-"""Engine speed: prefill and decode tok/s on the default model, against the float32 bandwidth ceiling, the
-NumPy engine and llama.cpp, all measured in the same run. Prints one JSON object.
+"""Engine speed and memory: prefill and decode tok/s on the default model, against llama.cpp on the same file,
+the NumPy engine's float32 path and the float32 bandwidth ceiling, all measured in the same run. Prints one
+JSON object.
 
     .venv/bin/python benchmarks/engine.py [--engine numpy|mlx|NAME] [--rounds N] [--llamacpp-python PYTHON]
 
 Engines are built by name through the plugin registry, so any engine plugin can be measured. Unless
-``--no-baseline``, an engine other than ``numpy`` is measured beside the NumPy engine: both load once, then
-``--rounds`` rounds each run one prefill and ``--decode-tokens`` greedy decode steps per engine, interleaved,
-and each engine keeps its best round (the machine is shared and its speed drifts; interleaving and best-of-N
-keep the ratios fair). llama.cpp is measured the same way (a subprocess per round) when ``llama_cpp``
-imports, or with ``--llamacpp-python`` / ``$EXO_BENCH_LLAMACPP_PYTHON`` / ``/opt/llamacpp-venv/bin/python``.
+``--no-baseline``, the measured engine runs beside a baseline: the NumPy engine's float32 path
+(``--numpy-weights float32``) when the measured engine is ``numpy`` (figures prefixed ``float32_``), else the
+NumPy engine with its default settings (``numpy_``). Each engine loads once, then ``--rounds`` rounds each run
+one prefill and ``--decode-tokens`` greedy decode steps per engine, interleaved, and each engine keeps its
+best round (the machine is shared and its speed drifts; interleaving and best-of-N keep the ratios fair).
+llama.cpp is measured the same way (a subprocess per round) when ``llama_cpp`` imports, or with
+``--llamacpp-python`` / ``$EXO_BENCH_LLAMACPP_PYTHON`` / ``/opt/llamacpp-venv/bin/python``.
+
+Memory: ``weights_bytes`` is the engine's own count (``memory().weights``), ``file_tensor_bytes`` the bytes
+of the model file's tensors, ``memory_ratio_vs_file`` their ratio; ``rss_load_bytes`` is the process's RSS
+growth while the engine loaded (the measured engine loads first, into a fresh process) and
+``rss_ratio_vs_file`` its ratio to the file's tensors.
 
 ``fp32_ceiling_tok_s`` = read bandwidth of a float32 GEMV over a matrix as large as the weights one token
 reads, divided by those bytes: the best a float32 engine can decode here. The matrix is allocated once per
@@ -61,21 +69,49 @@ def prompt_ids(source: ModelSource, n: int) -> list[int]:
     return ids[:n]
 
 
-async def load_engine(name: str, source: ModelSource, warm: list[int]) -> tuple[InferenceEngine, float]:
-    """Build engine ``name`` from the registry and load the whole model; returns it and the load time."""
+def rss_bytes() -> int:
+    """This process's resident set size (Linux), after returning free heap pages to the system."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def file_tensor_bytes(source: ModelSource) -> int:
+    """Bytes of the model file's tensors as stored (GGUF), or of its weight files (safetensors)."""
+    if source.format == "gguf":
+        from exo_core.models.gguf_file import open_gguf
+
+        return sum(t.nbytes for t in open_gguf(source.path).tensors.values())
+    return sum(p.stat().st_size for p in Path(source.path).glob("*.safetensors"))
+
+
+async def load_engine(
+    name: str, source: ModelSource, warm: list[int], overrides: dict[str, Any] | None = None
+) -> tuple[InferenceEngine, float, int]:
+    """Build engine ``name`` from the registry (its settings updated with ``overrides``) and load the whole
+    model; returns it, the load time and the RSS growth over the load and a warm-up prefill."""
     registry = load_plugins().registry
     component = registry.get("engine", name)
-    settings = component.settings() if component.settings is not None else None
+    settings = component.settings(**(overrides or {})) if component.settings is not None else None
     engine: InferenceEngine = component.build(
         ComponentContext(core=CoreSettings(), settings=settings, node_id="bench")
     )
     n_layers = load_config(source).n_layers
+    rss_before = rss_bytes()
     started = time.perf_counter()
     await engine.load(source, 0, n_layers - 1, n_layers)
     load_s = time.perf_counter() - started
     await engine.forward("warm", np.array(warm))
     await engine.free("warm")
-    return engine, load_s
+    return engine, load_s, rss_bytes() - rss_before
 
 
 async def time_engine(engine: InferenceEngine, ids: list[int], n_decode: int) -> tuple[float, float]:
@@ -132,7 +168,15 @@ class GemvCeiling:
 LLAMACPP_SCRIPT = r"""
 import json, sys, time
 import llama_cpp
-path, ids, n_decode = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+path, ids, n_decode, extra_bufts = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+if not extra_bufts:  # see run_llamacpp
+    _default_params = llama_cpp.llama_model_default_params
+    def _params():
+        p = _default_params()
+        p.use_extra_bufts = False
+        return p
+    llama_cpp.llama_model_default_params = _params
+    llama_cpp.llama.llama_cpp.llama_model_default_params = _params
 llm = llama_cpp.Llama(path, n_ctx=1024, n_threads=2, verbose=False)
 llm.eval(ids[:8]); llm.reset()
 t = time.perf_counter(); llm.eval(ids); prefill = time.perf_counter() - t
@@ -159,8 +203,23 @@ def llamacpp_command(
     return [python, "-c", LLAMACPP_SCRIPT, *args] if python else None
 
 
+#: whether llama.cpp may use its extra buffer types (CPU repacking, AMX); see :func:`run_llamacpp`
+LLAMACPP_EXTRA_BUFTS = {"enabled": True}
+
+
 def run_llamacpp(cmd: list[str]) -> tuple[float, float] | None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    """Run the llama.cpp measurement. A CPU that advertises AMX which the (virtual) machine does not enable
+    kills llama.cpp's AMX kernels with SIGILL (seen here: Firecracker VMs on Sapphire Rapids); the run is then
+    repeated, and later rounds run, without llama.cpp's extra buffer types (AMX and weight repacking), which
+    the JSON reports as ``llamacpp_extra_bufts: false``."""
+    while True:
+        flag = "1" if LLAMACPP_EXTRA_BUFTS["enabled"] else "0"
+        proc = subprocess.run([*cmd, flag], capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode in (-4, 132) and LLAMACPP_EXTRA_BUFTS["enabled"]:  # SIGILL
+            print("llama.cpp died of SIGILL (AMX?): retrying without extra buffer types", file=sys.stderr)
+            LLAMACPP_EXTRA_BUFTS["enabled"] = False
+            continue
+        break
     if proc.returncode != 0:
         print(f"llama.cpp benchmark failed: {proc.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -202,7 +261,13 @@ async def main(args: argparse.Namespace) -> int:
     source = resolve_model(args.model)
     config = load_config(source)
     ids = prompt_ids(source, args.prompt_tokens)
-    names = [args.engine] + ([] if args.engine == "numpy" or args.no_baseline else ["numpy"])
+    # baseline key -> (engine name, settings overrides)
+    baselines: dict[str, tuple[str, dict[str, Any]]] = {}
+    if not args.no_baseline:
+        if args.engine == "numpy":
+            baselines["float32"] = ("numpy", {"weights": "float32"})
+        else:
+            baselines["numpy"] = ("numpy", {})
     engines: dict[str, InferenceEngine] = {}
     result: dict[str, Any] = {
         "engine": args.engine,
@@ -211,9 +276,17 @@ async def main(args: argparse.Namespace) -> int:
         "decode_tokens": args.decode_tokens,
         "rounds": args.rounds,
     }
-    for name in names:
-        engines[name], load_s = await load_engine(name, source, ids[:8])
-        result["load_s" if name == args.engine else f"{name}_load_s"] = round(load_s, 3)
+    file_bytes = file_tensor_bytes(source)
+    for key, (name, overrides) in {args.engine: (args.engine, {}), **baselines}.items():
+        engines[key], load_s, rss = await load_engine(name, source, ids[:8], overrides)
+        prefix = "" if key == args.engine else f"{key}_"
+        weights = engines[key].memory().weights
+        result[f"{prefix}load_s"] = round(load_s, 3)
+        result[f"{prefix}weights_bytes"] = weights
+        result[f"{prefix}memory_ratio_vs_file"] = round(weights / file_bytes, 3)
+        result[f"{prefix}rss_load_bytes"] = rss
+        result[f"{prefix}rss_ratio_vs_file"] = round(rss / file_bytes, 3)
+    result["file_tensor_bytes"] = file_bytes
     # float32 bytes read per decoded token: every block's matrices plus the output head (an embedding row
     # lookup reads one row), whatever the engine actually stores
     c = config
@@ -259,7 +332,6 @@ async def main(args: argparse.Namespace) -> int:
         {
             "prefill_tok_s": round(prefill, 1),
             "decode_tok_s": round(decode, 2),
-            "weights_bytes": engines[args.engine].memory().weights,
             "fp32_bytes_per_token": bytes_per_token,
             "gemv_gb_s": {k: round(v / 1e9, 2) for k, v in gemv.items()},
             "gemv_burst_gb_s": {k: round(v / 1e9, 2) for k, v in ceiling_gemv.burst.items()},
@@ -273,16 +345,18 @@ async def main(args: argparse.Namespace) -> int:
             "per_round": per_round,
         }
     )
-    for ref_name in ("numpy", "llamacpp"):
+    for ref_name in (*baselines, "llamacpp"):
         if ref_name == args.engine or ref_name not in best:
             continue
         ref_prefill, ref_decode = best[ref_name]
         result[f"{ref_name}_prefill_tok_s"] = round(ref_prefill, 1)
         result[f"{ref_name}_decode_tok_s"] = round(ref_decode, 2)
         result[f"prefill_ratio_vs_{ref_name}"] = round(prefill / ref_prefill, 3)
+        if ref_name == "llamacpp":
+            result["llamacpp_extra_bufts"] = LLAMACPP_EXTRA_BUFTS["enabled"]
         result[f"decode_ratio_vs_{ref_name}"] = round(decode / ref_decode, 3)
-    if "numpy" in best and args.engine != "numpy":
-        result["numpy_ceiling_ratio"] = round(best["numpy"][1] / ceiling, 3)
+    for key in baselines:
+        result[f"{key}_ceiling_ratio"] = round(best[key][1] / ceiling, 3)
     print(json.dumps(result))
     return 0
 

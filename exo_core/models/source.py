@@ -208,3 +208,25 @@ def open_weights(source: ModelSource) -> WeightReader:
     if source.format == "gguf":
         return GGUFWeights(open_gguf(source.path), config)
     return SafetensorsWeights(source.path)
+
+
+def head_in_layers(source: ModelSource, config: ModelConfig) -> int:
+    """The output head's stored bytes in units of one block's, rounded: what the last node holds and reads
+    per token for the head, as the plan counts it (``exo_core.topology.partition.fold_head``).
+
+    For a GGUF file these are the file's bytes, as quantized engines hold them (SmolLM2-135M Q4_1: the Q8_0
+    head weighs as much as 14 Q4_1 blocks); for float weights the parameter ratio
+    (:attr:`ModelConfig.head_in_layers`).
+    """
+    if source.format != "gguf":
+        return config.head_in_layers
+    reader = open_weights(source)
+    names = set(reader.names())
+
+    def stored(name: str) -> int:
+        tensor = reader.stored(name)
+        return 0 if tensor is None else int(tensor.raw.nbytes)
+
+    block = sum(stored(n) for n in names_for_shard(config, names, 0, 0) if n.startswith("layers."))
+    head = stored("lm_head" if "lm_head" in names else "embed")
+    return round(head / block) if block > 0 else config.head_in_layers

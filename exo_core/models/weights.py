@@ -119,6 +119,27 @@ class WeightReader(Protocol):
     def rows(self, name: str) -> RowLookup:
         """A lookup of single rows of a 2-D tensor, reading the stored (possibly quantized) data."""
 
+    def stored(self, name: str) -> StoredTensor | None:
+        """Tensor ``name`` as stored (GGUF blocks), or ``None`` when the format holds plain floats."""
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor's bytes as the file stores them, for engines that compute on quantized blocks.
+
+    Attributes:
+        raw: read-only uint8 ``(rows, bytes per row)`` view of the (memory-mapped) file.
+        qtype: the ``gguf.GGMLQuantizationType`` value.
+        shape: ``(rows, cols)``, ``(out_features, in_features)`` for a matrix.
+        row_order: indices that put the rows in Hugging Face order (``rows[row_order]``), or ``None``
+            when they are already (the GGUF q/k permutation, see :func:`unpermute_qk`).
+    """
+
+    raw: np.ndarray
+    qtype: int
+    shape: tuple[int, ...]
+    row_order: np.ndarray | None
+
 
 class RowLookup:
     """Rows of a 2-D tensor on demand (``lookup(ids) -> float32 (len(ids), cols)``), without dequantizing the
@@ -172,11 +193,21 @@ class GGUFWeights:
 
     def get(self, name: str) -> np.ndarray:
         arr = self._file.tensor(self._map[name])
+        heads = self._permuted_heads(name)
+        return arr if heads is None else unpermute_qk(arr, heads)
+
+    def stored(self, name: str) -> StoredTensor:
+        info = self._file.tensors[self._map[name]]
+        heads = self._permuted_heads(name)
+        order = None if heads is None else unpermute_qk(np.arange(info.shape[0]), heads)
+        return StoredTensor(self._file.raw(info.name), info.qtype, info.shape, order)
+
+    def _permuted_heads(self, name: str) -> int | None:
+        """Heads of a q/k tensor whose rows llama.cpp's converter permuted, else ``None``."""
         part = name.rsplit(".", 1)[-1]
         if self._config.architecture in _GGUF_PERMUTED_ARCHS and part in ("q", "k", "q_bias", "k_bias"):
-            heads = self._config.n_heads if part.startswith("q") else self._config.n_kv_heads
-            arr = unpermute_qk(arr, heads)
-        return arr
+            return self._config.n_heads if part.startswith("q") else self._config.n_kv_heads
+        return None
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -266,6 +297,9 @@ class SafetensorsWeights:
     def rows(self, name: str) -> RowLookup:
         data, dtype = self._mapped(name)
         return RowLookup(data, lambda raw: _to_f32(raw, dtype), (data.shape[0], data.shape[1]))
+
+    def stored(self, name: str) -> None:
+        return None
 
 
 def _to_f32(data: np.ndarray, dtype: str) -> np.ndarray:

@@ -186,7 +186,7 @@ class NodeBackend:
         request_id: str,
     ) -> AsyncIterator[BackendEvent]:
         loaded, ids = await self._prepare(model, messages, prompt)
-        plan = self.plan(model, loaded.config.n_layers, loaded.config.head_in_layers)
+        plan = self.plan(model, loaded.config.n_layers, loaded.head_layers)
         room = loaded.config.context_length - len(ids)
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
         ctx = wire.RequestContext(

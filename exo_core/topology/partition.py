@@ -123,14 +123,22 @@ def allocate_layers(weights: Sequence[float], n_layers: int) -> list[int]:
 def fold_head(plan: Plan, n_layers: int) -> Plan:
     """Map a plan over ``n_layers + h`` units, whose last ``h`` units stand for the output head, back onto
     ``n_layers`` layers: the node that holds the last layer holds the head, so it gets ``h`` fewer layers
-    than its share. A node whose share is all head units is left out (the node before it holds the head).
+    than its share. A node whose share is all head units takes the head and the last layer when its share
+    is at least the head (equal nodes and a head as large as a node's share: all of them stay in use);
+    a smaller one is left out (the node before it holds the head).
 
-    A decode step reads the head (for SmolLM2-135M as many bytes as 8 of its 30 blocks) on the last node;
-    counting it keeps the nodes' work per token, and their memory, in proportion to their shares.
+    A decode step reads the head (for SmolLM2-135M Q4_1 as many bytes as 14 of its 30 blocks) on the last
+    node; counting it keeps the nodes' work per token, and their memory, in proportion to their shares.
     """
-    out = []
+    out: list[PlanEntry] = []
+    head_units = (plan[-1].last_layer + 1 - n_layers) if plan else 0
     for e in plan:
         if e.first_layer >= n_layers:
+            share = e.last_layer - e.first_layer + 1
+            prev = out[-1] if out else None
+            if prev is not None and share >= head_units and prev.last_layer > prev.first_layer:
+                out[-1] = PlanEntry(prev.node_id, prev.first_layer, prev.last_layer - 1)
+                out.append(PlanEntry(e.node_id, n_layers - 1, n_layers - 1))
             break
         out.append(PlanEntry(e.node_id, e.first_layer, min(e.last_layer, n_layers - 1)))
     return tuple(out)

@@ -44,7 +44,7 @@ def test_raw_completion(tmp_path: Path) -> None:
 
 
 def test_chat_reply(tmp_path: Path) -> None:
-    out = exo_run(tmp_path, "--prompt", "What is the capital of France?", "--max-tokens", "20")
+    out = exo_run(tmp_path, "--prompt", "Tell me the capital of France.", "--max-tokens", "20")
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
 

@@ -16,7 +16,7 @@ import pytest
 
 from exo_core.models.config import config_from_hf_dict
 from exo_core.models.errors import ModelFormatError, ModelNotFoundError
-from exo_core.models.source import ModelSource, load_config, open_weights, resolve_model
+from exo_core.models.source import ModelSource, head_in_layers, load_config, open_weights, resolve_model
 from exo_core.models.weights import SafetensorsWeights, names_for_shard
 
 
@@ -33,6 +33,14 @@ def test_head_counts_as_layers_by_its_bytes(default_source: ModelSource) -> None
     config = load_config(default_source)
     # SmolLM2-135M: a 49152 x 576 head against blocks of 576 x (960 + 576 + 3 x 1536) weights
     assert config.head_in_layers == round(49152 * 576 / (576 * (960 + 576 + 3 * 1536))) == 8
+    # as stored: a Q8_0 head (34 bytes per 32 weights) against Q4_1 blocks (20 per 32) and their norms
+    block = 576 * (960 + 576 + 3 * 1536) * 20 // 32 + 2 * 576 * 4
+    assert head_in_layers(default_source, config) == round(49152 * 576 * 34 / 32 / block) == 14
+
+
+def test_head_in_layers_of_float_weights_is_the_parameter_ratio(tiny: ModuleType, tmp_path: Path) -> None:
+    src = resolve_model(str(tiny.write("qwen2", tmp_path / "q")))
+    assert head_in_layers(src, load_config(src)) == load_config(src).head_in_layers
 
 
 def test_local_paths(tiny: ModuleType, tmp_path: Path) -> None:

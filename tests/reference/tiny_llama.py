@@ -63,6 +63,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Models written only as GGUF, wide enough for the K-quants' 256-value super-blocks (the quantized-kernel
+#: fixtures of tests/reference/make_quant_fixtures.py); not part of the transformers fixture.
+GGUF_VARIANTS: dict[str, dict[str, Any]] = {
+    "kq": {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 320,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
+}
+
 #: Token ids the fixture is computed on (any ids below vocab_size).
 PROMPT_IDS = [1, 17, 250, 3, 99, 199, 42, 7, 300, 12, 64, 128, 5, 260]
 SEED = 20240607
@@ -76,7 +96,7 @@ def _bf16_round(x: np.ndarray) -> np.ndarray:
 
 def tensors(variant: str) -> dict[str, np.ndarray]:
     """The model's weights by Hugging Face name, float32 (bfloat16-representable)."""
-    cfg = VARIANTS[variant]
+    cfg = {**VARIANTS, **GGUF_VARIANTS}[variant]
     rng = np.random.Generator(np.random.PCG64(SEED + len(variant)))
     d, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -207,15 +227,17 @@ _GGUF_NAMES = {
 }
 
 
-def write_gguf(variant: str, path: Path, qtype_name: str = "F32") -> Path:
+def write_gguf(variant: str, path: Path, qtype_name: str = "F32", *, vocab: bool = False) -> Path:
     """Write the tiny model as a GGUF the way llama.cpp's converter lays it out (permuted q/k for llama).
 
-    Matrices are stored as ``qtype_name`` (F32, F16, Q8_0, ...); norms stay F32. No tokenizer metadata.
+    Matrices are stored as ``qtype_name`` (F32, F16, Q8_0, ...); norms stay F32. With ``vocab``, the
+    byte-level BPE vocabulary of :func:`_tokenizer_json` as GGUF tokenizer metadata (what llama.cpp needs to
+    load the file), else no tokenizer metadata.
     """
     import gguf
     from gguf.quants import quantize
 
-    cfg = VARIANTS[variant]
+    cfg = {**VARIANTS, **GGUF_VARIANTS}[variant]
     arch = cfg["model_type"]
     qtype = gguf.GGMLQuantizationType[qtype_name]
     w = gguf.GGUFWriter(path, arch)
@@ -230,6 +252,8 @@ def write_gguf(variant: str, path: Path, qtype_name: str = "F32") -> Path:
     w.add_vocab_size(cfg["vocab_size"])
     w.add_bos_token_id(cfg["bos_token_id"])
     w.add_eos_token_id(cfg["eos_token_id"])
+    if vocab:
+        _add_vocab(w, cfg["vocab_size"])
     scaling = cfg.get("rope_scaling")
     if scaling and scaling["rope_type"] == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg))
@@ -255,6 +279,48 @@ def write_gguf(variant: str, path: Path, qtype_name: str = "F32") -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def requantize_gguf(src: Path, dst: Path, qtype_name: str, types: dict[str, str] | None = None) -> Path:
+    """Write ``dst``: ``src``'s metadata, its 1-D tensors as F32 and its matrices dequantized and quantized
+    again with gguf-py as ``qtype_name`` (or ``types[tensor name]``), as llama.cpp's quantizer does from an
+    F32 copy."""
+    import gguf
+    from gguf.quants import dequantize, quantize
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, str(reader.fields["general.architecture"].contents()))
+    for name, fld in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
+            continue
+        sub = fld.types[-1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, fld.contents(), fld.types[0], sub_type=sub)
+    for t in reader.tensors:
+        data = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        data = data.reshape([int(d) for d in reversed(t.shape)])
+        qtype = gguf.GGMLQuantizationType[(types or {}).get(t.name, qtype_name)]
+        if data.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(t.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def _add_vocab(w: Any, vocab_size: int) -> None:
+    """GPT-2 style tokenizer metadata for the tiny vocabulary (padded with unused tokens to
+    ``vocab_size``)."""
+    model = _tokenizer_json(vocab_size)["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].get)
+    tokens += [f"<unused{i}>" for i in range(vocab_size - len(tokens))]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in ("<unk>", "<s>", "</s>") or t.startswith("<unused") else 1 for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
 
 
 def llama3_rope_factors(cfg: dict[str, Any]) -> np.ndarray:

@@ -117,6 +117,15 @@ def test_fold_head_leaves_out_a_node_whose_share_is_only_head() -> None:
     assert fold_head(units, 4) == (PlanEntry("big", 0, 3),)
 
 
+def test_fold_head_gives_a_head_sized_share_the_head_and_the_last_layer() -> None:
+    """Three equal nodes and a head worth 14 of 30 layers (SmolLM2 Q4_1 as stored): shares of 15, 15 and 14
+    units; the third holds the head and one layer instead of being left out."""
+    nodes = [NodeResources(n, 8000) for n in "abc"]
+    plan = fold_head(ring.plan(nodes, NONE, 30 + 14), 30)
+    assert plan == (PlanEntry("a", 0, 14), PlanEntry("b", 15, 28), PlanEntry("c", 29, 29))
+    assert covers(plan, 30)
+
+
 def test_fold_head_without_head_units_is_the_plan_itself() -> None:
     plan = ring.plan([NodeResources("a", 8000), NodeResources("b", 4000)], NONE, 30)
     assert fold_head(plan, 30) == plan

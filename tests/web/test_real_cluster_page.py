@@ -30,7 +30,7 @@ async def test_page_answers_through_two_nodes_and_shows_them(browser: BrowserCon
         await expect(page.locator(".node-card")).to_have_count(2)
 
         await page.fill("#temperature", "0")  # greedy: the answer is the model's most likely one
-        await page.fill("#input", "What is the capital of France?")
+        await page.fill("#input", "Tell me the capital of France.")
         await page.press("#input", "Enter")
         answer = page.locator('.message[data-role="assistant"]').last
         await expect(answer).to_have_attribute("data-state", "done")

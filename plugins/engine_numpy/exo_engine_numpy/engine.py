@@ -1,4 +1,9 @@
-"""The ``numpy`` inference engine: float32 NumPy, one shard, per-request KV caches, work in threads."""
+"""The ``numpy`` inference engine: one shard, per-request KV caches, work in threads.
+
+Two weight representations share the attention, RoPE and KV cache code: quantized GGUF blocks multiplied
+on onnxruntime's 4-/8-bit kernels (:class:`~exo_engine_numpy.quant_shard.QuantShard`, the default for
+quantized files) and float32 NumPy (:class:`~exo_engine_numpy.shard.NumpyShard`, the exact reference).
+"""
 
 from __future__ import annotations
 
@@ -11,25 +16,33 @@ import numpy as np
 
 from exo_core.engine import MemoryUsage, ShardInfo, check_input, check_steps
 from exo_core.models.source import ModelSource, load_config
+from exo_engine_numpy.quant_shard import QuantShard, holds_quantized
 from exo_engine_numpy.shard import KVCache, NumpyShard
 
 log = logging.getLogger(__name__)
 
 
 class NumpyEngine:
-    """Implements :class:`exo_core.engine.InferenceEngine` in pure NumPy.
+    """Implements :class:`exo_core.engine.InferenceEngine` with NumPy and onnxruntime.
 
     Args:
+        weights: ``auto`` (quantized blocks when the source stores its matrices quantized, else float32),
+            ``float32`` or ``quantized`` (float matrices become 8-bit blocks at load).
         max_context: cap on positions per request (0: the model's context length).
         initial_cache: positions preallocated per request before the cache grows by doubling.
     """
 
-    def __init__(self, *, max_context: int = 0, initial_cache: int = 256) -> None:
+    def __init__(self, *, weights: str = "auto", max_context: int = 0, initial_cache: int = 256) -> None:
         if max_context < 0 or initial_cache < 1:
             raise ValueError("max_context must be >= 0 and initial_cache >= 1")
+        if weights not in ("auto", "float32", "quantized"):
+            raise ValueError(f"weights must be auto, float32 or quantized, not {weights!r}")
+        self.weights = weights
         self.max_context = max_context
         self.initial_cache = initial_cache
-        self._shard: NumpyShard | None = None
+        #: the representation of the loaded shard (``float32`` or ``quantized``), ``None`` before load
+        self.representation: str | None = None
+        self._shard: NumpyShard | QuantShard | None = None
         self._info: ShardInfo | None = None
         self._key: tuple[ModelSource, int, int] | None = None
         self._caches: dict[str, KVCache] = {}
@@ -51,9 +64,16 @@ class NumpyEngine:
             self._shard = None  # release the old shard's memory before reading the new one
             self._caches.clear()
             self._info = self._key = None
-            shard = await anyio.to_thread.run_sync(NumpyShard, source, first_layer, last_layer)
+            shard = await anyio.to_thread.run_sync(self._load_shard, source, first_layer, last_layer)
             self._shard, self._key = shard, key
             self._info = ShardInfo(source.model_id, first_layer, last_layer, config.n_layers)
+
+    def _load_shard(self, source: ModelSource, first: int, last: int) -> NumpyShard | QuantShard:
+        quantized = self.weights == "quantized" or (self.weights == "auto" and holds_quantized(source))
+        self.representation = "quantized" if quantized else "float32"
+        if quantized:
+            return QuantShard(source, first, last, force=self.weights == "quantized")
+        return NumpyShard(source, first, last)
 
     async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
         """See :meth:`exo_core.engine.InferenceEngine.forward`."""
@@ -74,7 +94,7 @@ class NumpyEngine:
         out = await anyio.to_thread.run_sync(shard.forward_steps, caches, x)
         return [out[b] if shard.is_last else out[b : b + 1] for b in range(len(steps))]
 
-    def _cache(self, shard: NumpyShard, request_id: str) -> KVCache:
+    def _cache(self, shard: NumpyShard | QuantShard, request_id: str) -> KVCache:
         """The request's cache, created empty (sized for this engine's context limit) on first use."""
         cache = self._caches.get(request_id)
         if cache is None:
@@ -100,5 +120,5 @@ class NumpyEngine:
 
     def memory(self) -> MemoryUsage:
         """See :meth:`exo_core.engine.InferenceEngine.memory`."""
-        weights = self._shard.weights.nbytes() if self._shard is not None else 0
+        weights = self._shard.nbytes() if self._shard is not None else 0
         return MemoryUsage(weights=weights, kv_cache=sum(c.nbytes for c in list(self._caches.values())))

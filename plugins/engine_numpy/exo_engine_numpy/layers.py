@@ -375,17 +375,42 @@ def attention_block(
 ) -> np.ndarray:
     """``x + attention(norm(x))`` for ``T`` rows; writes this step's keys/values into
     ``k_cache[:, pos:pos+T]``. ``cos2``/``sin2`` are ``(T, 2, head_dim/2)`` (see :class:`RopeTable`)."""
-    t = x.shape[0]
-    nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    n_qk = (nh + nkv) * hd
     h = rms_scale(x, cfg.rms_norm_eps)
     qkv = h @ lw.qkv_t
     if lw.qkv_bias is not None:
         qkv += lw.qkv_bias
-    qk = qkv[:, :n_qk].reshape(t, nh + nkv, 2, hd // 2)
+    att = attend_rows(qkv, cfg, k_cache, v_cache, pos, cos2, sin2, mask)
+    return x + att @ lw.o_t  # type: ignore[no-any-return]
+
+
+def rope_rows(qkv: np.ndarray, cfg: ModelConfig, cos2: np.ndarray, sin2: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE of the q and k parts of ``qkv`` rows ``(T, ...)``: ``(T, n_heads + n_kv_heads,
+    head_dim)``, queries then keys. ``cos2``/``sin2`` are ``(T, 2, head_dim/2)``, one position per row."""
+    t = qkv.shape[0]
+    nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    qk = qkv[:, : (nh + nkv) * hd].reshape(t, nh + nkv, 2, hd // 2)
     rot = qk * cos2[:, None]
     rot += qk[:, :, ::-1] * sin2[:, None]
-    rot = rot.reshape(t, nh + nkv, hd)
+    return rot.reshape(t, nh + nkv, hd)  # type: ignore[no-any-return]
+
+
+def attend_rows(
+    qkv: np.ndarray,
+    cfg: ModelConfig,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    pos: int,
+    cos2: np.ndarray,
+    sin2: np.ndarray,
+    mask: np.ndarray | None,
+) -> np.ndarray:
+    """Causal attention of ``T`` consecutive positions of one request from their ``qkv`` rows (queries
+    pre-scaled by ``1/sqrt(head_dim)``): RoPE, keys and values stored at ``pos..pos+T-1``, returns
+    ``(T, n_heads*head_dim)``."""
+    t = qkv.shape[0]
+    nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    n_qk = (nh + nkv) * hd
+    rot = rope_rows(qkv, cfg, cos2, sin2)
     end = pos + t
     k_cache[:, pos:end] = rot[:, nh:].transpose(1, 0, 2)
     v_cache[:, pos:end] = qkv[:, n_qk:].reshape(t, nkv, hd).transpose(1, 0, 2)
@@ -401,8 +426,7 @@ def attention_block(
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     att = scores @ v_cache[:, :end]  # (KV, G*T, hd)
-    att = att.reshape(nkv, group, t, hd).transpose(2, 0, 1, 3).reshape(t, nh * hd)
-    return x + att @ lw.o_t  # type: ignore[no-any-return]
+    return att.reshape(nkv, group, t, hd).transpose(2, 0, 1, 3).reshape(t, nh * hd)  # type: ignore[no-any-return]
 
 
 def mlp_block(x: np.ndarray, lw: LayerWeights, cfg: ModelConfig) -> np.ndarray:

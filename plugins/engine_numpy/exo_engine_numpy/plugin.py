@@ -3,7 +3,7 @@ and with it NumPy work, is imported only when the engine is built)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,12 @@ class NumpyEngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXO_ENGINE_NUMPY_", extra="ignore")
     cli_prefix: ClassVar[str] = "numpy-"
 
+    weights: Literal["auto", "float32", "quantized"] = Field(
+        "auto",
+        description="auto: quantized when the model's matrices are stored quantized (GGUF), else float32; "
+        "float32: dequantize every matrix (the exact reference path); quantized: 4-/8-bit blocks "
+        "always (float matrices become 8-bit blocks at load)",
+    )
     max_context: int = Field(0, ge=0, description="max positions per request (0: the model's context length)")
     initial_cache: int = Field(256, ge=1, description="positions preallocated per request's KV cache")
 
@@ -30,9 +36,16 @@ def build(ctx: ComponentContext) -> NumpyEngine:
     from exo_engine_numpy.engine import NumpyEngine
 
     settings = ctx.settings if isinstance(ctx.settings, NumpyEngineSettings) else NumpyEngineSettings()
-    return NumpyEngine(max_context=settings.max_context, initial_cache=settings.initial_cache)
+    return NumpyEngine(
+        weights=settings.weights, max_context=settings.max_context, initial_cache=settings.initial_cache
+    )
 
 
 @hookimpl
 def exo_register_engine(register: RegisterComponent) -> None:
-    register("numpy", build, settings=NumpyEngineSettings, description="pure NumPy engine (float32, any CPU)")
+    register(
+        "numpy",
+        build,
+        settings=NumpyEngineSettings,
+        description="NumPy engine: quantized GGUF blocks on onnxruntime kernels, or float32 (any CPU)",
+    )

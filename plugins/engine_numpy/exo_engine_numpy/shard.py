@@ -146,6 +146,10 @@ class NumpyShard:
             time.perf_counter() - started,
         )
 
+    def nbytes(self) -> int:
+        """Bytes of the weights held."""
+        return self.weights.nbytes()
+
     @property
     def is_first(self) -> bool:
         return self.first == 0

@@ -36,14 +36,14 @@ async def _run_chain(engines: list[NumpyEngine], ids: list[int], steps: int) -> 
 @pytest.mark.parametrize("bounds", [[(0, 14), (15, 29)], [(0, 9), (10, 19), (20, 29)]])
 async def test_shards_chained_equal_full_model(source: ModelSource, bounds: list[tuple[int, int]]) -> None:
     ids = load_tokenizer(source).encode(PROMPT)
-    full = NumpyEngine()
+    full = NumpyEngine(weights="float32")
     await full.load(source, 0, 29, 30)
     ref_logits, ref_tokens = await _run_chain([full], ids, 8)
     full_bytes = full.memory().weights
     del full
     shards = []
     for first, last in bounds:
-        e = NumpyEngine()
+        e = NumpyEngine(weights="float32")
         await e.load(source, first, last, 30)
         shards.append(e)
     logits, tokens = await _run_chain(shards, ids, 8)
@@ -58,8 +58,34 @@ async def test_shards_chained_equal_full_model(source: ModelSource, bounds: list
         assert last <= 0.61, last
 
 
+@pytest.mark.timeout(180)
+async def test_quantized_shards_chained_equal_full_model(source: ModelSource) -> None:
+    """The quantized path: every row is computed alone (int8 activations per row and block), so a chain
+    reproduces the whole model's numbers; each half holds about half of the weights."""
+    ids = load_tokenizer(source).encode(PROMPT)
+    full = NumpyEngine()
+    await full.load(source, 0, 29, 30)
+    assert full.representation == "quantized"
+    ref_logits, ref_tokens = await _run_chain([full], ids, 8)
+    full_bytes = full.memory().weights
+    del full
+    shards = []
+    for first, last in [(0, 14), (15, 29)]:
+        e = NumpyEngine()
+        await e.load(source, first, last, 30)
+        shards.append(e)
+    logits, tokens = await _run_chain(shards, ids, 8)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+    assert tokens == ref_tokens
+    first, last = (e.memory().weights / full_bytes for e in shards)
+    # 15 of 30 Q4_1 blocks (36% of the model) plus, on the first, the Q8_0 embedding it reads from the file,
+    # and on the last the Q8_0 head: the tied table is counted by both halves
+    assert first <= 0.65, first
+    assert last <= 0.65, last
+
+
 async def test_middle_shard_holds_only_its_layers(source: ModelSource) -> None:
-    e = NumpyEngine()
+    e = NumpyEngine(weights="float32")
     await e.load(source, 10, 11, 30)
     shard = e._shard
     assert shard is not None
@@ -78,7 +104,7 @@ async def test_middle_shard_holds_only_its_layers(source: ModelSource) -> None:
 
 
 async def test_first_and_last_shards_hold_embedding_and_head(source: ModelSource) -> None:
-    first, last = NumpyEngine(), NumpyEngine()
+    first, last = NumpyEngine(weights="float32"), NumpyEngine(weights="float32")
     await first.load(source, 0, 0, 30)
     await last.load(source, 29, 29, 30)
     assert first._shard is not None and last._shard is not None
