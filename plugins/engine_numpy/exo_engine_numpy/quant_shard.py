@@ -19,6 +19,7 @@ from exo_core.models.config import ModelConfig
 from exo_core.models.rope import rope_inv_freq
 from exo_core.models.source import ModelSource, ensure_layers, load_config, open_weights
 from exo_core.models.weights import RowLookup, WeightReader, names_for_shard
+from exo_engine_numpy.blas_threads import one_blas_thread
 from exo_engine_numpy.ggml_blocks import Blocks, decode, quantize_8bit
 from exo_engine_numpy.layers import F32, RopeTable, attend_one, attend_rows, causal_mask, rope_rows
 from exo_engine_numpy.ort_graphs import Graph, GraphBuilder, Product
@@ -232,12 +233,13 @@ class QuantShard:
         cache.reserve(t)
         pos = cache.pos
         cos2, sin2 = self.rope.get(pos, t)
-        for li, layer in enumerate(self.layers):
-            h = quant_block(h, layer, self.config, [cache.k[li]], [cache.v[li]], [pos], cos2, sin2)
-        cache.pos = pos + t
-        if not self.is_last:
-            return h
-        logits = self._logits(h if all_logits else h[-1:])
+        with one_blas_thread():
+            for li, layer in enumerate(self.layers):
+                h = quant_block(h, layer, self.config, [cache.k[li]], [cache.v[li]], [pos], cos2, sin2)
+            cache.pos = pos + t
+            if not self.is_last:
+                return h
+            logits = self._logits(h if all_logits else h[-1:])
         return logits if all_logits else logits[0]
 
     def forward_steps(self, caches: list[KVCache], x: np.ndarray) -> np.ndarray:
@@ -247,13 +249,14 @@ class QuantShard:
         h = self._hidden(x)
         positions = [cache.pos for cache in caches]
         cos2, sin2 = self.rope.at(positions)
-        for li, layer in enumerate(self.layers):
-            ks = [cache.k[li] for cache in caches]
-            vs = [cache.v[li] for cache in caches]
-            h = quant_block(h, layer, self.config, ks, vs, positions, cos2, sin2)
-        for cache in caches:
-            cache.pos += 1
-        return self._logits(h) if self.is_last else h
+        with one_blas_thread():
+            for li, layer in enumerate(self.layers):
+                ks = [cache.k[li] for cache in caches]
+                vs = [cache.v[li] for cache in caches]
+                h = quant_block(h, layer, self.config, ks, vs, positions, cos2, sin2)
+            for cache in caches:
+                cache.pos += 1
+            return self._logits(h) if self.is_last else h
 
     def _hidden(self, x: np.ndarray) -> np.ndarray:
         if self.is_first:
