@@ -43,7 +43,7 @@ def numpy_engines(source: ModelSource, n_layers: int) -> dict[str, InferenceEngi
     import anyio
 
     def make(first: int, last: int) -> InferenceEngine:
-        engine = exo_engine_numpy.NumpyEngine()
+        engine = exo_engine_numpy.NumpyEngine(weights="float32")  # the exact path, as MLX dense
         anyio.run(engine.load, source, first, last, n_layers)
         return engine  # type: ignore[no-any-return]
 

@@ -336,25 +336,38 @@ def block_steps(
     are ``(B, 2, head_dim/2)``.
     """
     b_n = x.shape[0]
-    nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    n_qk = (nh + nkv) * hd
     h = x * _row_scales(x, cfg.rms_norm_eps)
     qkv = np.empty((b_n, lw.qkv_t.shape[1]), F32)
     for b in range(b_n):
         small_gemv(h[b], lw.qkv_t, out=qkv[b])
     if lw.qkv_bias is not None:
         qkv += lw.qkv_bias
-    qk = qkv[:, :n_qk].reshape(b_n, nh + nkv, 2, hd // 2)
-    rot = qk * cos2[:, None]
-    rot += qk[:, :, ::-1] * sin2[:, None]
-    rot = rot.reshape(b_n, nh + nkv, hd)
-    att = np.empty((b_n, nh * hd), F32)
-    for b in range(b_n):
-        att[b] = attend_one(rot[b], qkv[b, n_qk:], cfg, k_caches[b], v_caches[b], positions[b])
+    att = attend_steps(qkv, cfg, k_caches, v_caches, positions, cos2, sin2)
     for b in range(b_n):
         x[b] += small_gemv(att[b], lw.o_t)
     gu = few_rows_matmul(x * _row_scales(x, cfg.rms_norm_eps), lw.gate_up_t)
     x += few_rows_matmul(silu_mul(gu), lw.down.T)
+
+
+def attend_steps(
+    qkv: np.ndarray,
+    cfg: ModelConfig,
+    k_caches: list[np.ndarray],
+    v_caches: list[np.ndarray],
+    positions: list[int],
+    cos2: np.ndarray,
+    sin2: np.ndarray,
+) -> np.ndarray:
+    """Attention of one position of each of ``B`` requests from their ``qkv`` rows: row ``b`` is rotated
+    with ``cos2[b]``/``sin2[b]``, stored in ``k_caches[b]``/``v_caches[b]`` at ``positions[b]`` and attends
+    over that cache alone (:func:`attend_one`). Returns ``(B, n_heads*head_dim)``."""
+    nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    n_qk = (nh + nkv) * hd
+    rot = rope_rows(qkv, cfg, cos2, sin2)
+    att = np.empty((qkv.shape[0], nh * hd), F32)
+    for b in range(qkv.shape[0]):
+        att[b] = attend_one(rot[b], qkv[b, n_qk:], cfg, k_caches[b], v_caches[b], positions[b])
+    return att
 
 
 def _row_scales(x: np.ndarray, eps: float) -> np.ndarray:

@@ -21,9 +21,9 @@ from exo_core.models.source import ModelSource, ensure_layers, load_config, open
 from exo_core.models.weights import RowLookup, WeightReader, names_for_shard
 from exo_engine_numpy.blas_threads import one_blas_thread
 from exo_engine_numpy.ggml_blocks import Blocks, decode, quantize_8bit
-from exo_engine_numpy.layers import F32, RopeTable, attend_one, attend_rows, causal_mask, rope_rows
+from exo_engine_numpy.layers import F32, RopeTable, attend_rows, attend_steps, causal_mask
 from exo_engine_numpy.ort_graphs import Graph, GraphBuilder, Product
-from exo_engine_numpy.shard import KVCache
+from exo_engine_numpy.shard import KVCache, ShardRange
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +147,11 @@ def quant_block(
         mask = causal_mask(positions[0], x.shape[0])
         att = attend_rows(qkv, cfg, k_caches[0], v_caches[0], positions[0], cos2, sin2, mask)
     else:
-        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        n_qk = (nh + nkv) * hd
-        rot = rope_rows(qkv, cfg, cos2, sin2)
-        att = np.empty((x.shape[0], nh * hd), F32)
-        for b in range(x.shape[0]):
-            att[b] = attend_one(rot[b], qkv[b, n_qk:], cfg, k_caches[b], v_caches[b], positions[b])
+        att = attend_steps(qkv, cfg, k_caches, v_caches, positions, cos2, sin2)
     return layer.rest(x, att)
 
 
-class QuantShard:
+class QuantShard(ShardRange):
     """A loaded shard on quantized weights; the interface of :class:`~exo_engine_numpy.shard.NumpyShard`.
 
     Args:
@@ -212,19 +207,6 @@ class QuantShard:
         """Bytes of the weights handed to the kernels, plus the embedding table a first shard reads."""
         total = sum(layer.nbytes for layer in self.layers) + self.embed_nbytes
         return total + (self.head.nbytes if self.head is not None else 0)
-
-    @property
-    def is_first(self) -> bool:
-        return self.first == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.last == self.config.n_layers - 1
-
-    def new_cache(self, initial: int, max_len: int) -> KVCache:
-        """An empty cache for one request."""
-        c = self.config
-        return KVCache(self.last - self.first + 1, c.n_kv_heads, c.head_dim, initial, max_len)
 
     def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run the shard over ``x`` (ids or hidden states) at the cache's next positions."""

@@ -127,7 +127,28 @@ def _load_layer(
     )
 
 
-class NumpyShard:
+class ShardRange:
+    """What both representations' shards share: the layer range of a model and its per-request caches."""
+
+    config: ModelConfig
+    first: int
+    last: int
+
+    @property
+    def is_first(self) -> bool:
+        return self.first == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.last == self.config.n_layers - 1
+
+    def new_cache(self, initial: int, max_len: int) -> KVCache:
+        """An empty cache for one request."""
+        c = self.config
+        return KVCache(self.last - self.first + 1, c.n_kv_heads, c.head_dim, initial, max_len)
+
+
+class NumpyShard(ShardRange):
     """A loaded shard: weights plus the math to run them over a request's cache."""
 
     def __init__(self, source: ModelSource, first: int, last: int) -> None:
@@ -149,19 +170,6 @@ class NumpyShard:
     def nbytes(self) -> int:
         """Bytes of the weights held."""
         return self.weights.nbytes()
-
-    @property
-    def is_first(self) -> bool:
-        return self.first == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.last == self.config.n_layers - 1
-
-    def new_cache(self, initial: int, max_len: int) -> KVCache:
-        """An empty cache for one request."""
-        c = self.config
-        return KVCache(self.last - self.first + 1, c.n_kv_heads, c.head_dim, initial, max_len)
 
     def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run the shard over ``x`` (ids or hidden states) at the cache's next positions."""

@@ -253,3 +253,40 @@ def test_tiny_model_files_from_llamacpp_match_llamacpp(qtype: str, quant_fixture
         ours = _top(row)
         assert len(set(ours) & set(top["ids"])) >= 8, (qtype, pos, ours, top["ids"])
         assert ours[0] in values and values[ours[0]] >= top["values"][0] - NEAR_TIE, (qtype, pos)
+
+
+async def test_incremental_decode_follows_one_prefill(tiny: Any, tmp_path: Path) -> None:
+    """Positions fed one at a time (lone decode steps, the cache growing past its first size) give the
+    logits of one prompt pass: rows are independent in every graph."""
+    from exo_engine_numpy.engine import NumpyEngine
+
+    source = resolve_model(str(tiny.write_gguf("llama", tmp_path / "m.gguf", "Q8_0")))
+    engine = NumpyEngine(initial_cache=4)
+    await engine.load(source, 0, 2, 3)
+    ids = [1, 17, 250, 3, 99, 199, 42, 7, 300]
+    full = await engine.forward("a", np.array(ids), all_logits=True)
+    for i, t in enumerate(ids):
+        step = await engine.forward("b", np.array([t]))
+        np.testing.assert_allclose(step, full[i], atol=2e-3 * float(np.ptp(full[i])))
+        assert int(np.argmax(step)) == int(np.argmax(full[i]))
+
+
+async def test_memory_follows_the_file(default_source: ModelSource) -> None:
+    """The weights handed to the kernels against the file's bytes of the same tensors: the whole model
+    1.16x (Q4_1 blocks plus their float32 offsets, the Q8_0 head); a middle shard only its layers."""
+    from exo_engine_numpy.engine import NumpyEngine
+
+    from exo_core.models.gguf_file import open_gguf
+
+    tensors = open_gguf(default_source.path).tensors
+    file_bytes = sum(t.nbytes for t in tensors.values())
+    whole = NumpyEngine()
+    await whole.load(default_source, 0, 29, 30)
+    assert whole.memory().weights <= 1.17 * file_bytes
+    middle = NumpyEngine()
+    await middle.load(default_source, 10, 19, 30)
+    layer_bytes = sum(
+        t.nbytes for n, t in tensors.items() if n.startswith(tuple(f"blk.{i}." for i in range(10, 20)))
+    )
+    assert middle.memory().weights <= 1.25 * layer_bytes  # Q4_1 mins as float32: 24 of 20 bytes per block
+    assert middle.memory().weights <= 0.4 * whole.memory().weights
