@@ -27,13 +27,20 @@ _controllers: list[Any] | None = None
 
 
 def _blas() -> list[Any]:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process (found once)."""
+    """threadpoolctl's controllers of NumPy's own BLAS (the one attention's products call), found once:
+    the libraries shipped inside the numpy package, else (a NumPy linked to a system BLAS) every BLAS
+    loaded. Another BLAS in the process (MLX's system OpenBLAS) is left alone."""
     global _controllers
     if _controllers is None:
-        import numpy  # noqa: F401  (loads its BLAS, the one to find)
+        import os
+
+        import numpy
         from threadpoolctl import ThreadpoolController
 
-        _controllers = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        found = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+        home = os.path.dirname(os.path.dirname(os.path.realpath(numpy.__file__)))
+        own = [c for c in found if os.path.realpath(c.filepath).startswith(os.path.join(home, "numpy"))]
+        _controllers = own or found
     return _controllers
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from exo_engine_numpy.blas_threads import one_blas_thread
-from threadpoolctl import threadpool_info, threadpool_limits
+from exo_engine_numpy.blas_threads import _blas, one_blas_thread
+from threadpoolctl import threadpool_limits
 
 
 def _blas_threads() -> list[int]:
-    return [int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    """Threads of NumPy's own BLAS (other BLAS libraries in the process, e.g. MLX's, are left alone)."""
+    return [int(c.num_threads) for c in _blas()]
 
 
 def test_limits_and_restores_when_the_last_user_leaves() -> None:
