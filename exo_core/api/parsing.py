@@ -34,8 +34,18 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"could not parse the JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "could not parse the JSON body: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    try:  # JSON may escape lone UTF-16 surrogates ("\ud800"), which no text can hold or tokenize
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400, f"the JSON body holds a lone surrogate ({exc.reason}): not valid text", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise APIError(400, "could not parse the JSON body: nested too deeply", code="invalid_json") from None
     return body
 
 

@@ -59,7 +59,7 @@ class _Common(_Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="any signed 64-bit integer")
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

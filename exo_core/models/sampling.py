@@ -30,8 +30,12 @@ class SamplingParams:
 
 
 def make_rng(seed: int | None) -> np.random.Generator:
-    """A generator for one request: deterministic for a given ``seed``, fresh entropy when ``None``."""
-    return np.random.Generator(np.random.PCG64(seed))
+    """A generator for one request: deterministic for a given ``seed``, fresh entropy when ``None``.
+
+    Negative seeds (OpenAI's API allows any integer; the wire carries signed 64 bits) are taken modulo
+    ``2**64``, as their two's complement, since NumPy's seeding takes non-negative integers only.
+    """
+    return np.random.Generator(np.random.PCG64(None if seed is None else seed % 2**64))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

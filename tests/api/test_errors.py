@@ -38,6 +38,7 @@ CHAT_CASES: list[tuple[str, Any, str | None]] = [
         "max_completion_tokens",
     ),
     ("temperature string", {"messages": MSG, "temperature": "hot"}, "temperature"),
+    ("seed beyond 64 bits", {"messages": MSG, "seed": 2**64}, "seed"),
     ("temperature bool", {"messages": MSG, "temperature": True}, "temperature"),
     ("temperature too high", {"messages": MSG, "temperature": 2.5}, "temperature"),
     ("temperature negative", {"messages": MSG, "temperature": -0.1}, "temperature"),
@@ -126,6 +127,8 @@ async def test_bad_completion_request_is_400(
         (b"", "empty request body"),
         (b"[1, 2]", "must be a JSON object"),
         (b'"text"', "must be a JSON object"),
+        (b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', "lone surrogate"),
+        (b'{"messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ],
 )
 async def test_bad_json_is_400(

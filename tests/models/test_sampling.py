@@ -57,3 +57,11 @@ def test_invalid_settings() -> None:
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="empty"):
         sample(np.zeros(0, np.float32), temperature=0)
+
+
+def test_negative_seeds_are_deterministic_as_their_twos_complement() -> None:
+    """OpenAI clients may send any integer seed: -1 seeds like 2**64 - 1, and draws repeat."""
+    draws = [make_rng(-1).random(4) for _ in range(2)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    np.testing.assert_array_equal(draws[0], make_rng(2**64 - 1).random(4))
+    assert not np.array_equal(draws[0], make_rng(1).random(4))
