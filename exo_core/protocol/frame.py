@@ -23,6 +23,9 @@ MAGIC: Final = b"EXO\x01"
 HEADER: Final = struct.Struct(">4sBI")
 HEADER_SIZE: Final = HEADER.size  # 9
 DEFAULT_MAX_FRAME_SIZE: Final = 256 * 1024 * 1024
+#: largest frame a peer may send before its READY has been accepted: HELLO and the authentication frames
+#: are a few hundred bytes, so a peer that has not authenticated cannot make the node buffer more
+HANDSHAKE_MAX_FRAME: Final = 64 * 1024
 
 Buffer = bytes | bytearray | memoryview
 
@@ -174,10 +177,25 @@ class FrameParser:
         max_frame_size: largest payload (and largest reassembled message) accepted; checked before any
             buffer is allocated. In-progress reassembly is bounded by twice this in total.
         scratch_size: size of the buffer small frames are read into.
+        handshake_limit: the limit during the handshake (``None``: ``max_frame_size`` from the start).
+            Parsing then stops after the first READY frame, whatever follows it stays unparsed in the
+            scratch buffer, and :meth:`unlock` (called once the handshake has accepted that READY) raises
+            the limit to ``max_frame_size`` and parses on. A peer that has not finished the handshake,
+            authentication included, cannot make the node buffer more than this and the scratch buffer.
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, scratch_size: int = 256 * 1024) -> None:
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        scratch_size: int = 256 * 1024,
+        *,
+        handshake_limit: int | None = None,
+    ) -> None:
         self.max_frame_size = max_frame_size
+        #: the limit in force: ``handshake_limit`` until :meth:`unlock`, then ``max_frame_size``
+        self.limit = max_frame_size if handshake_limit is None else min(handshake_limit, max_frame_size)
+        self._handshaking = handshake_limit is not None
+        self._held = False  # a READY was parsed during the handshake: wait for unlock()
         self._scratch = bytearray(max(scratch_size, 4096))
         self._start = 0
         self._end = 0
@@ -255,6 +273,13 @@ class FrameParser:
             self._target = None
             raise
 
+    def unlock(self) -> list[Frame]:
+        """The handshake is over: lift the handshake limit and return the frames already received after
+        the peer's READY (no-op without a handshake limit)."""
+        self.limit = self.max_frame_size
+        self._handshaking = self._held = False
+        return self.advance(0)
+
     def _advance(self, n: int) -> list[Frame]:
         out: list[Frame] = []
         if self._target is not None:
@@ -277,7 +302,7 @@ class FrameParser:
 
     def _parse_scratch(self, out: list[Frame]) -> None:
         sc = self._scratch
-        while self._target is None:
+        while self._target is None and not self._held:
             avail = self._end - self._start
             if avail < HEADER_SIZE:
                 if avail and bytes(sc[self._start : self._start + min(avail, 4)]) != MAGIC[: min(avail, 4)]:
@@ -288,13 +313,19 @@ class FrameParser:
                 self._bad_magic(magic)
             if ftype not in FRAME_TYPES:
                 raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type 0x{ftype:02x}")
-            if length > self.max_frame_size:
+            if length > self.limit:
+                before = " before the handshake finished" if self.limit < self.max_frame_size else ""
                 raise ProtocolError(
                     ErrorCode.FRAME_TOO_LARGE,
-                    f"{FrameType(ftype).name} frame declares {length} bytes, limit is {self.max_frame_size}",
+                    f"{FrameType(ftype).name} frame declares {length} bytes, limit is {self.limit}{before}",
                 )
             ftype = FrameType(ftype)
             body = self._start + HEADER_SIZE
+            if self._handshaking and ftype == FrameType.READY and avail - HEADER_SIZE >= length:
+                out.append(Frame(ftype, sc[body : body + length]))
+                self._start = body + length
+                self._held = True  # nothing after the peer's READY is parsed before the handshake accepts it
+                return
             if ftype == FrameType.FRAGMENT:
                 if not self._parse_fragment_head(length, body, avail - HEADER_SIZE, out):
                     return
@@ -380,10 +411,10 @@ class FrameParser:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_TYPE, f"FRAGMENT carries unknown message type 0x{inner:02x}"
             )
-        if total > self.max_frame_size:
+        if total > self.limit:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
-                f"fragmented {FrameType(inner).name} declares {total} bytes, limit is {self.max_frame_size}",
+                f"fragmented {FrameType(inner).name} declares {total} bytes, limit is {self.limit}",
             )
         if len(self._streams) >= MAX_STREAMS or self._buffered + total > 2 * self.max_frame_size:
             raise ProtocolError(

@@ -30,7 +30,7 @@ from anyio import CancelScope
 from exo_core.protocol.codec import Encoded, encode_bytes
 from exo_core.protocol.control import Ping
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import Buffer, Fragmenter, Frame, FrameParser
+from exo_core.protocol.frame import HANDSHAKE_MAX_FRAME, Buffer, Fragmenter, Frame, FrameParser
 from exo_core.transport.errors import ConnectionClosedError
 from exo_core.transport.pacing import FragmentPacer
 from exo_core.transport.settings import TransportSettings
@@ -83,7 +83,8 @@ class Connection:
         self.dialed = dialed
         self.remote = remote
         self.label = remote  # becomes "node-id (host:port)" after the handshake
-        self.parser = FrameParser(settings.max_frame_size)
+        # frames are capped at HANDSHAKE_MAX_FRAME until the handshake accepts the peer's READY
+        self.parser = FrameParser(settings.max_frame_size, handshake_limit=HANDSHAKE_MAX_FRAME)
         self.closed = False
         self.error: str | None = None
         self.scope: CancelScope | None = None
@@ -228,6 +229,11 @@ class Connection:
                     self._inflight.append(memoryview(_KEEPALIVE))
 
     # ---- reading -------------------------------------------------------------------------------------
+
+    def handshake_done(self) -> None:
+        """The handshake accepted the peer's READY: lift the handshake's frame limit and queue the frames
+        that arrived behind the READY."""
+        self._frames.extend(self.parser.unlock())
 
     async def read_frame(self) -> Frame:
         """The next complete frame (for the handshake and ``exo ping``; :meth:`pump` serves the rest).

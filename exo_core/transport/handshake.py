@@ -179,6 +179,10 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
             )
     conn.send_nowait(encode(Ready()).parts)
     await _expect(conn, FrameType.READY, "READY")
+    try:  # frames that came right behind the READY are parsed only now, under the full limit
+        conn.handshake_done()
+    except ProtocolError as exc:
+        raise _reject(conn, exc.code, str(exc), f"right after READY: {exc.message}") from None
     return PeerInfo(
         node_id=peer.node_id,
         version=version,

@@ -35,6 +35,7 @@ from exo_core.protocol import (
     decode,
     encode,
     encode_bytes,
+    encode_frame,
     fragments,
 )
 from exo_core.protocol.tensor import DTYPES
@@ -177,6 +178,21 @@ def test_limits_checked_before_allocating() -> None:
     with pytest.raises(ProtocolError) as e:  # a fragment stream may not declare more either
         p.feed(b"EXO\x01\x06\x00\x00\x00\x0a" + b"\0\0\0\1\1" + b"\x21\x00\x00\x03\xe9")
     assert e.value.code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_handshake_limit_holds_until_unlock() -> None:
+    """Before the handshake ends, frames are capped at the handshake limit; parsing stops after the first
+    READY, so the large frame right behind it waits for unlock() and is then parsed under the full limit."""
+    p = FrameParser(max_frame_size=1 << 20, handshake_limit=100)
+    with pytest.raises(ProtocolError, match="before the handshake finished") as e:
+        p.feed(b"EXO\x01\x01\x00\x00\x00\x65")  # a 101-byte HELLO
+    assert e.value.code == ErrorCode.FRAME_TOO_LARGE
+    p = FrameParser(max_frame_size=1 << 20, handshake_limit=100)
+    ping = encode_frame(FrameType.PING, bytes(200))
+    frames = p.feed(encode_frame(FrameType.READY, b"") + ping)
+    assert [f.type for f in frames] == [FrameType.READY]  # the PING after it is held, not refused
+    assert [(f.type, len(f.payload)) for f in p.unlock()] == [(FrameType.PING, 200)]
+    assert p.feed(encode_frame(FrameType.PING, bytes(5000)))[0].type == FrameType.PING
 
 
 @pytest.mark.parametrize(

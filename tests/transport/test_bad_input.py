@@ -78,6 +78,33 @@ async def test_bad_frames_before_handshake(
         assert (await ping("127.0.0.1", b.port, count=1, timeout=2)).node_id == "b"
 
 
+async def test_frames_before_ready_are_capped_whatever_the_frame_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer that has not finished the handshake cannot make the node buffer a large frame: a HELLO that
+    declares 250 MiB (the frame limit is 256 MiB) is refused at its header, before anything is allocated,
+    and so is a large frame sent right behind an early READY; after a real handshake large frames pass."""
+    caplog.set_level(logging.WARNING, "exo_core.transport")
+    b = make("b")
+    b.on(FrameType.TENSOR, lambda inc: _echo(inc))
+    async with running(b):
+        with anyio.fail_after(3):
+            codes = await _exchange(b.port, MAGIC + b"\x01" + (250 << 20).to_bytes(4, "big") + bytes(4096))
+        assert codes == [ErrorCode.FRAME_TOO_LARGE]
+        await wait_until(
+            lambda: any("before the handshake finished" in r.getMessage() for r in caplog.records),
+            what="the handshake limit's log line",
+        )
+        early = encode_frame(FrameType.READY, b"") + MAGIC + b"\x10" + (250 << 20).to_bytes(4, "big")
+        assert await _exchange(b.port, early + bytes(4096)) == [ErrorCode.UNEXPECTED]  # READY before HELLO
+        good = make("good")
+        async with running(good):
+            await good.dial("127.0.0.1", b.port)
+            ctx = RequestContext("r", "good", "m", (Stage("b", 0, 1),))
+            big = TensorMessage(ctx, 0, 0, Tensor.from_numpy(np.ones(1 << 18, np.float32)))  # 1 MiB
+            assert isinstance(await good.request("b", big, timeout=5), TensorMessage)
+
+
 async def test_bad_frames_after_handshake_get_error_replies(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "exo_core.transport")
     b = make("b")
