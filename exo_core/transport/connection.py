@@ -85,6 +85,9 @@ class Connection:
         self.label = remote  # becomes "node-id (host:port)" after the handshake
         # frames are capped at HANDSHAKE_MAX_FRAME until the handshake accepts the peer's READY
         self.parser = FrameParser(settings.max_frame_size, handshake_limit=HANDSHAKE_MAX_FRAME)
+        #: the handshake has finished: keepalives start only then (a peer that has not authenticated gets
+        #: nothing but the handshake's own frames)
+        self.ready = False
         self.closed = False
         self.error: str | None = None
         self.scope: CancelScope | None = None
@@ -224,7 +227,7 @@ class Connection:
                 await self._wake.wait()
             self._wake = anyio.Event()
             self._drained = anyio.Event()
-            if not self._inflight and not self._bulk:
+            if self.ready and not self._inflight and not self._bulk:
                 if self._clock() - self._last_send >= s.keepalive_interval:
                     self._inflight.append(memoryview(_KEEPALIVE))
 
@@ -232,7 +235,8 @@ class Connection:
 
     def handshake_done(self) -> None:
         """The handshake accepted the peer's READY: lift the handshake's frame limit and queue the frames
-        that arrived behind the READY."""
+        that arrived behind the READY; keepalives start."""
+        self.ready = True
         self._frames.extend(self.parser.unlock())
 
     async def read_frame(self) -> Frame:

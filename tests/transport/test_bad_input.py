@@ -105,6 +105,21 @@ async def test_frames_before_ready_are_capped_whatever_the_frame_limit(
             assert isinstance(await good.request("b", big, timeout=5), TensorMessage)
 
 
+async def test_no_keepalive_before_the_handshake_ends() -> None:
+    """A client that never finishes the handshake gets the node's HELLO and nothing else, however long it
+    stays within the handshake timeout (keepalives start after READY)."""
+    b = make("b", keepalive_interval=0.2, handshake_timeout=1.5)
+    async with running(b):
+        stream = await anyio.connect_tcp("127.0.0.1", b.port)
+        parser = FrameParser()
+        types: list[FrameType] = []
+        async with stream:
+            with anyio.move_on_after(1.0):  # five keepalive intervals, inside the handshake timeout
+                while True:
+                    types += [f.type for f in parser.feed(await stream.receive())]
+        assert types == [FrameType.HELLO]
+
+
 async def test_bad_frames_after_handshake_get_error_replies(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "exo_core.transport")
     b = make("b")
