@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
@@ -28,6 +29,10 @@ from exo_core.protocol.inference import Finish, Prompt, RequestContext, TensorMe
 from exo_core.protocol.tensor import Tensor
 
 log = logging.getLogger(__name__)
+
+#: finished request ids remembered, to drop the steps of theirs still in flight (a stop string seen at the
+#: origin finishes a request while its next token travels to the first stage)
+FINISHED_REMEMBERED = 4096
 
 Send = Callable[[str, RoutedMessage], Awaitable[None]]
 
@@ -73,6 +78,7 @@ class StageRunner:
         self._send = send
         self._rngs: dict[str, np.random.Generator] = {}
         self._active: dict[str, float] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._context_length: dict[str, int] = {}
         self._idle_timeout = idle_timeout
         self.batcher = StepBatcher(anyio.CapacityLimiter(slots or concurrent_forwards()))
@@ -80,10 +86,13 @@ class StageRunner:
     # ---- message entry points ------------------------------------------------------------------------
 
     async def on_prompt(self, msg: Prompt) -> None:
+        self._finished.pop(msg.ctx.request_id, None)  # a prompt starts the request (again)
         ids = np.asarray(msg.token_ids, dtype=np.int64)
         await self._guarded(msg.ctx, 0, ids, 0, msg.position)
 
     async def on_tensor(self, msg: TensorMessage) -> None:
+        if self._late(msg.ctx.request_id):
+            return
         index = self._index(msg.ctx)
         if index is None or index == 0:
             await self._fail(
@@ -96,10 +105,16 @@ class StageRunner:
         """A sampled token: next input when this node runs the first stage."""
         if msg.finished or not msg.ctx.plan or msg.ctx.plan[0].node_id != self.self_id:
             return
+        if self._late(msg.ctx.request_id):
+            return
         ids = np.asarray([msg.token_id], dtype=np.int64)
         await self._guarded(msg.ctx, 0, ids, msg.step + 1, msg.position)
 
     async def on_finish(self, msg: Finish) -> None:
+        self._finished[msg.request_id] = None
+        self._finished.move_to_end(msg.request_id)
+        while len(self._finished) > FINISHED_REMEMBERED:
+            self._finished.popitem(last=False)
         self._rngs.pop(msg.request_id, None)
         self._active.pop(msg.request_id, None)
         self.batcher.forget(msg.request_id)
@@ -117,6 +132,13 @@ class StageRunner:
                     await self.on_finish(Finish(rid, "cancelled"))
 
     # ---- internals -----------------------------------------------------------------------------------
+
+    def _late(self, request_id: str) -> bool:
+        """A step of a request already finished here (it was in flight when the FINISH came): dropped."""
+        if request_id in self._finished:
+            log.debug("dropping a late step of finished request %s", request_id)
+            return True
+        return False
 
     def _index(self, ctx: RequestContext) -> int | None:
         for i, stage in enumerate(ctx.plan):
@@ -148,6 +170,8 @@ class StageRunner:
         self._active[rid] = time.monotonic()
         stage = ctx.plan[index]
         engine = await self._shards.engine_for((ctx.model_id, stage.first_layer, stage.last_layer), rid)
+        if self._late(rid):  # finished while the shard was looked up (or loaded)
+            return
         cached = engine.position(rid)
         if cached != position:
             raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio
 import numpy as np
+import pytest
 
 from exo_core.orchestration.catalog import Catalog
 from exo_core.orchestration.stages import StageRunner
 from exo_core.protocol.codec import RoutedMessage
-from exo_core.protocol.inference import Finish, Prompt, RequestContext, SamplingParams, Stage
+from exo_core.protocol.inference import (
+    Finish,
+    Prompt,
+    RequestContext,
+    SamplingParams,
+    Stage,
+    TensorMessage,
+    Token,
+)
+from exo_core.protocol.tensor import Tensor
 
 
 class Engine:
@@ -54,3 +65,60 @@ async def test_a_request_finished_during_its_step_sends_nothing_and_keeps_no_cac
             await runner.on_finish(Finish("r1", "cancelled"))
             engine.release.set()
     assert sent == [] and engine.caches == {}
+
+
+async def test_a_step_arriving_after_finish_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A stop string seen at the origin finishes the request while its next token travels to the first
+    stage: that token must not start a fresh cache (and fail on its position) nor log an error."""
+    engine = Engine()
+    engine.release.set()
+    sent: list[tuple[str, RoutedMessage]] = []
+
+    async def send(node: str, msg: RoutedMessage) -> None:
+        sent.append((node, msg))
+
+    runner = StageRunner("a", Shards(engine), Catalog("m", None), send)  # type: ignore[arg-type]
+    ctx = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+    with anyio.fail_after(5):
+        await runner.on_prompt(Prompt(ctx, (1, 2, 3)))
+        assert engine.caches == {"r1": 3} and len(sent) == 1  # hidden states went on to b
+        await runner.on_finish(Finish("r1", "stop"))
+        with caplog.at_level(logging.DEBUG, "exo_core.orchestration.stages"):
+            await runner.on_token(Token(ctx, 0, 3, 42))
+            await runner.on_tensor(TensorMessage(ctx, 0, 3, Tensor.from_numpy(np.zeros(8, np.float32))))
+    assert engine.caches == {} and len(sent) == 1  # no step ran, no ERROR went to the origin
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("late step of finished request r1" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_finish_during_the_shard_lookup_drops_the_step(caplog: pytest.LogCaptureFixture) -> None:
+    """The stop-string race on one node: the next token's step is looking up its shard when the FINISH
+    frees the cache; it must end quietly instead of failing on the freed cache's position."""
+    engine = Engine()
+    engine.release.set()
+    lookup = anyio.Event()
+    proceed = anyio.Event()
+
+    class SlowShards(Shards):
+        async def engine_for(self, key: object, request_id: str) -> Engine:
+            if request_id == "r1" and engine.caches.get("r1"):  # the decode step, not the prompt
+                lookup.set()
+                await proceed.wait()
+            return self.engine
+
+    sent: list[tuple[str, RoutedMessage]] = []
+
+    async def send(node: str, msg: RoutedMessage) -> None:
+        sent.append((node, msg))
+
+    runner = StageRunner("a", SlowShards(engine), Catalog("m", None), send)  # type: ignore[arg-type]
+    ctx = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+    with anyio.fail_after(5), caplog.at_level(logging.DEBUG, "exo_core.orchestration.stages"):
+        await runner.on_prompt(Prompt(ctx, (1, 2, 3)))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.on_token, Token(ctx, 0, 3, 42))
+            await lookup.wait()
+            await runner.on_finish(Finish("r1", "stop"))
+            proceed.set()
+    assert engine.caches == {} and len(sent) == 1  # only the prompt's hidden states; no ERROR
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
