@@ -88,6 +88,8 @@ class Connection:
         #: the handshake has finished: keepalives start only then (a peer that has not authenticated gets
         #: nothing but the handshake's own frames)
         self.ready = False
+        #: bytes received so far (a port probe closes having sent none)
+        self.bytes_in = 0
         self.closed = False
         self.error: str | None = None
         self.scope: CancelScope | None = None
@@ -337,6 +339,7 @@ class Connection:
 
     def _received(self, n: int) -> None:
         """Account for ``n`` bytes read into the parser's buffer (0: the peer closed)."""
+        self.bytes_in += n
         if n == 0:
             if self.parser.in_frame or self.parser.in_message:
                 raise ProtocolError(ErrorCode.TRUNCATED, "connection closed in the middle of a frame")

@@ -305,6 +305,9 @@ class TcpTransport:
             log.info("%s", exc)
         elif conn.dialed:
             log.warning("could not connect to %s: %s", conn.remote, exc)
+        elif isinstance(exc, ConnectionClosedError) and conn.bytes_in == 0:
+            # a port probe (nc -z, a load balancer's health check): no reason to warn anyone
+            log.info("connection from %s closed before sending anything (a port probe?)", conn.remote)
         else:
             log.warning("rejected connection from %s: %s", conn.remote, exc)
 

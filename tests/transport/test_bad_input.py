@@ -135,6 +135,25 @@ async def test_bad_frames_after_handshake_get_error_replies(caplog: pytest.LogCa
         )
 
 
+async def test_a_port_probe_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """``nc -z`` and health checks connect and close without a byte: an INFO line, not a WARNING."""
+    caplog.set_level(logging.INFO, "exo_core.transport")
+    b = make("b")
+    async with running(b):
+        probe = await anyio.connect_tcp("127.0.0.1", b.port)
+        await probe.aclose()
+        await wait_until(
+            lambda: any("closed before sending anything" in r.getMessage() for r in caplog.records),
+            what="the probe's log line",
+        )
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        junk = await _exchange(b.port, b"GET / HTTP/1.1\r\n\r\n")  # bytes that are not exo: still warned
+        assert junk == [ErrorCode.BAD_MAGIC]
+        await wait_until(
+            lambda: any(r.levelno == logging.WARNING for r in caplog.records), what="a warning for junk"
+        )
+
+
 async def test_handshake_timeout_and_slowloris(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "exo_core.transport")
     b = make("b", handshake_timeout=0.5, frame_timeout=0.3, min_transfer_rate=1000)
