@@ -198,3 +198,14 @@ def test_log_level_comes_from_flag_then_env(args: list[str], env: dict[str, str]
     out = _run(["ping", "127.0.0.1:1", *args], env=env)
     assert out.returncode != 0 and "connection refused" in out.stderr
     assert ("DEBUG asyncio" in out.stderr) is debug, out.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`exo ... | head`: the reader going away is no traceback, just the exit status of SIGPIPE."""
+    env = {**os.environ, "EXO_CONFIG_DIR": str(tmp_path)}
+    proc = subprocess.Popen([*EXO, "plugins"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command writes: its first write fails with EPIPE
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode == 141
