@@ -70,7 +70,9 @@ def create_app(
         Route("/", _PageHeaders(_index_page), methods=["GET", "HEAD"]),
         Mount("/static", app=_PageHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),
     ]
-    middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
+    middleware = [Middleware(NoTrailingSlash)]
+    if api_key:
+        middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
     return Starlette(
         routes=routes,
         middleware=middleware,
@@ -80,6 +82,24 @@ def create_app(
             Exception: internal_error_handler,
         },
     )
+
+
+class NoTrailingSlash:
+    """Serve ``/v1/chat/completions/`` as ``/v1/chat/completions``: starlette would answer a trailing slash
+    with a 307 redirect, which OpenAI clients do not follow for a POST."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = {**scope, "path": path.rstrip("/") or "/"}
+                raw = scope.get("raw_path")
+                if isinstance(raw, bytes):
+                    scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
 
 
 class _InfoRoutes:

@@ -150,6 +150,15 @@ async def test_form_encoded_json_is_accepted_like_curl_d(client: httpx.AsyncClie
     )
 
 
+async def test_a_trailing_slash_is_served_not_redirected(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions/", json={"messages": MSG})
+    assert (
+        response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "You said: hi"
+    )
+    assert (await client.get("/v1/models/")).status_code == 200
+    assert (await client.get("/")).status_code == 200
+
+
 async def test_unknown_model_is_404(client: httpx.AsyncClient, backend: FakeBackend) -> None:
     for path, body in (("/v1/chat/completions", {"messages": MSG}), ("/v1/completions", {"prompt": "x"})):
         error = assert_openai_error(await client.post(path, json={**body, "model": "nope"}), 404, "model")
