@@ -16,7 +16,8 @@ Flow of one request over shards ``A`` (layers 0..k) and ``B`` (k+1..n-1)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -25,6 +26,20 @@ if TYPE_CHECKING:
 
     from exo_core.models.config import ModelConfig
     from exo_core.models.source import ModelSource
+
+
+def threads_per_pass(env: Mapping[str, str] | None = None) -> int | None:
+    """The threads one forward pass may use, from ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` (a node
+    sharing its machine runs with 1); ``None`` when neither is a positive integer (every core).
+
+    The stage runner sizes its compute slots by it and engines with their own thread pool size it by it.
+    """
+    env = os.environ if env is None else env
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = env.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
 
 
 @dataclass(frozen=True)

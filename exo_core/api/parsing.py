@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -12,6 +13,9 @@ from exo_core.api.backend import BackendError, ChatBackend
 from exo_core.api.errors import APIError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
+
+#: a JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -38,14 +42,21 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise APIError(400, "could not parse the JSON body: nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(400, f"the body must be a JSON object, got {type(body).__name__}", code="invalid_json")
-    try:  # JSON may escape lone UTF-16 surrogates ("\ud800"), which no text can hold or tokenize
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise APIError(
-            400, f"the JSON body holds a lone surrogate ({exc.reason}): not valid text", code="invalid_json"
-        ) from None
-    except RecursionError:
-        raise APIError(400, "could not parse the JSON body: nested too deeply", code="invalid_json") from None
+    # a surrogate can only come from a JSON escape (valid UTF-8 holds none), so the scan of the parsed body
+    # for a lone one (no text: it can be neither encoded nor tokenized) runs only when the raw bytes hold one
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise APIError(
+                400,
+                f"the JSON body holds a lone surrogate ({exc.reason}): not valid text",
+                code="invalid_json",
+            ) from None
+        except RecursionError:
+            raise APIError(
+                400, "could not parse the JSON body: nested too deeply", code="invalid_json"
+            ) from None
     return body
 
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import anyio
 import numpy as np
 
+from exo_core.engine import threads_per_pass
 from exo_core.models.sampling import make_rng, sample, token_logprob, top_logprobs
 from exo_core.models.source import load_config
 from exo_core.orchestration.batching import StepBatcher
@@ -45,13 +46,9 @@ def concurrent_forwards(env: Mapping[str, str] | None = None, cores: int | None 
     with unbounded overlap, 10 s bounded). With ``OPENBLAS_NUM_THREADS=1`` on 2 cores, two passes overlap.
     Decode steps that queue for a slot are batched into one pass (:mod:`exo_core.orchestration.batching`).
     """
-    env = os.environ if env is None else env
     cores = cores or os.cpu_count() or 1
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = env.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return max(1, cores // int(value))
-    return 1
+    threads = threads_per_pass(env)
+    return max(1, cores // threads) if threads else 1
 
 
 class StageRunner:
@@ -91,8 +88,6 @@ class StageRunner:
         await self._guarded(msg.ctx, 0, ids, 0, msg.position)
 
     async def on_tensor(self, msg: TensorMessage) -> None:
-        if self._late(msg.ctx.request_id):
-            return
         index = self._index(msg.ctx)
         if index is None or index == 0:
             await self._fail(
@@ -104,8 +99,6 @@ class StageRunner:
     async def on_token(self, msg: Token) -> None:
         """A sampled token: next input when this node runs the first stage."""
         if msg.finished or not msg.ctx.plan or msg.ctx.plan[0].node_id != self.self_id:
-            return
-        if self._late(msg.ctx.request_id):
             return
         ids = np.asarray([msg.token_id], dtype=np.int64)
         await self._guarded(msg.ctx, 0, ids, msg.step + 1, msg.position)
@@ -167,6 +160,8 @@ class StageRunner:
         if not ctx.plan or ctx.plan[index].node_id != self.self_id:
             raise ValueError(f"stage {index} of the plan is not this node's")
         rid = ctx.request_id
+        if self._late(rid):  # it was in flight when the FINISH came
+            return
         self._active[rid] = time.monotonic()
         stage = ctx.plan[index]
         engine = await self._shards.engine_for((ctx.model_id, stage.first_layer, stage.last_layer), rid)

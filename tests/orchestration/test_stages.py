@@ -49,15 +49,23 @@ class Shards:
         self.engine.caches.pop(request_id, None)
 
 
-async def test_a_request_finished_during_its_step_sends_nothing_and_keeps_no_cache(tmp_path: Path) -> None:
-    engine = Engine()
+CTX = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+
+
+def _runner(shards: Shards) -> tuple[StageRunner, list[tuple[str, RoutedMessage]]]:
+    """A stage runner of node ``a`` over ``shards``, and the list of what it sends."""
     sent: list[tuple[str, RoutedMessage]] = []
 
     async def send(node: str, msg: RoutedMessage) -> None:
         sent.append((node, msg))
 
-    runner = StageRunner("a", Shards(engine), Catalog("m", None), send)  # type: ignore[arg-type]
-    ctx = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+    return StageRunner("a", shards, Catalog("m", None), send), sent  # type: ignore[arg-type]
+
+
+async def test_a_request_finished_during_its_step_sends_nothing_and_keeps_no_cache(tmp_path: Path) -> None:
+    engine = Engine()
+    runner, sent = _runner(Shards(engine))
+    ctx = CTX
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(runner.on_prompt, Prompt(ctx, (1, 2, 3)))
@@ -72,20 +80,17 @@ async def test_a_step_arriving_after_finish_is_dropped_quietly(caplog: pytest.Lo
     stage: that token must not start a fresh cache (and fail on its position) nor log an error."""
     engine = Engine()
     engine.release.set()
-    sent: list[tuple[str, RoutedMessage]] = []
-
-    async def send(node: str, msg: RoutedMessage) -> None:
-        sent.append((node, msg))
-
-    runner = StageRunner("a", Shards(engine), Catalog("m", None), send)  # type: ignore[arg-type]
-    ctx = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+    runner, sent = _runner(Shards(engine))
+    ctx = CTX
     with anyio.fail_after(5):
         await runner.on_prompt(Prompt(ctx, (1, 2, 3)))
         assert engine.caches == {"r1": 3} and len(sent) == 1  # hidden states went on to b
         await runner.on_finish(Finish("r1", "stop"))
         with caplog.at_level(logging.DEBUG, "exo_core.orchestration.stages"):
             await runner.on_token(Token(ctx, 0, 3, 42))
-            await runner.on_tensor(TensorMessage(ctx, 0, 3, Tensor.from_numpy(np.zeros(8, np.float32))))
+            # a late hidden state for a node's later stage (the ring b -> a of another plan of r1)
+            later = RequestContext("r1", "b", "m", (Stage("b", 0, 0), Stage("a", 1, 1)), SamplingParams())
+            await runner.on_tensor(TensorMessage(later, 0, 3, Tensor.from_numpy(np.zeros(8, np.float32))))
     assert engine.caches == {} and len(sent) == 1  # no step ran, no ERROR went to the origin
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("late step of finished request r1" in r.getMessage() for r in caplog.records)
@@ -106,13 +111,8 @@ async def test_a_finish_during_the_shard_lookup_drops_the_step(caplog: pytest.Lo
                 await proceed.wait()
             return self.engine
 
-    sent: list[tuple[str, RoutedMessage]] = []
-
-    async def send(node: str, msg: RoutedMessage) -> None:
-        sent.append((node, msg))
-
-    runner = StageRunner("a", SlowShards(engine), Catalog("m", None), send)  # type: ignore[arg-type]
-    ctx = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+    runner, sent = _runner(SlowShards(engine))
+    ctx = CTX
     with anyio.fail_after(5), caplog.at_level(logging.DEBUG, "exo_core.orchestration.stages"):
         await runner.on_prompt(Prompt(ctx, (1, 2, 3)))
         async with anyio.create_task_group() as tg:

@@ -67,12 +67,13 @@ class QuantWeights:
     def product(self, name: str, *, row_scale: float = 1.0) -> Product:
         """Matrix ``name`` with its rows multiplied by ``row_scale`` (the attention scale of q)."""
         stored = self.reader.stored(name)
+        quantized = stored is not None and stored.qtype not in FLOAT_TYPES
         blocks: Blocks | None = None
-        if stored is not None and stored.qtype not in FLOAT_TYPES:
+        if stored is not None and quantized:
             blocks = decode(stored.raw, stored.qtype)
             if blocks is not None and stored.row_order is not None:
                 blocks = blocks.take_rows(stored.row_order)
-        if blocks is None and (self.force or (stored is not None and stored.qtype not in FLOAT_TYPES)):
+        if blocks is None and (self.force or quantized):
             self.requantized.append(name)
             blocks = quantize_8bit(self.reader.get(name))
         if blocks is None:
