@@ -34,6 +34,10 @@ class SamplingParams:
         logprobs: whether each :class:`TokenEvent` must carry ``logprob``.
         top_logprobs: how many alternatives each :class:`TokenEvent` must carry in ``top_logprobs``
             (0 when not asked for).
+        presence_penalty: OpenAI's, in [-2, 2]: subtracted from the logit of every token already generated.
+        frequency_penalty: OpenAI's, in [-2, 2]: subtracted once per time a token was already generated.
+        logit_bias: ``(token id, bias)`` pairs, bias in [-100, 100], added to the logits before sampling
+            (greedy included). Token ids are checked against the model's vocabulary by the backend.
     """
 
     max_tokens: int | None = None
@@ -43,6 +47,9 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

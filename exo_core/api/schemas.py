@@ -3,10 +3,15 @@
 Unknown fields are ignored, as OpenAI-compatible servers do; known fields that would change the meaning of
 a request but are not supported here (``n`` > 1, tools, ``echo``, ...) are rejected with a 400 saying so.
 ``null`` means "the default" for every optional field.
+
+``logit_bias``, ``presence_penalty`` and ``frequency_penalty`` follow OpenAI's definitions (applied by
+:func:`exo_core.models.sampling.adjust_logits` on the last stage of the plan); the logprobs a response
+reports are those of the adjusted logits (at temperature 1, before top-k/top-p).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,6 +20,12 @@ from exo_core.api.backend import SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+#: most ``logit_bias`` entries a request may carry (OpenAI's reference documents no bound; this one keeps a
+#: request's sampling state small)
+MAX_LOGIT_BIAS = 300
+#: ``logit_bias`` values must lie in [-100, 100] (OpenAI's range; outside it is an error, never clamped)
+LOGIT_BIAS_RANGE = 100.0
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class _Strict(BaseModel):
@@ -66,7 +77,37 @@ class _Common(_Strict):
     n: int | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Any] | None = Field(
+        None, description="token id (as a string) -> bias in [-100, 100] added to its logit"
+    )
     user: str | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _check_logit_bias(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not value:
+            return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries are allowed, got {len(value)}")
+        seen: set[int] = set()
+        for key, bias in value.items():
+            if not _DIGITS.fullmatch(key):
+                raise ValueError(f"keys must be token ids (non-negative integers), got {key[:32]!r}")
+            if len(key) > 10 or int(key) >= 2**31:
+                raise ValueError(f"token id {key[:32]} is out of range")
+            token = int(key)
+            if token in seen:
+                raise ValueError(f"token id {token} appears twice")
+            seen.add(token)
+            if isinstance(bias, bool) or not isinstance(bias, int | float):
+                raise ValueError(f"the bias of token {token} must be a number, got {type(bias).__name__}")
+            if not -LOGIT_BIAS_RANGE <= bias <= LOGIT_BIAS_RANGE:  # false for NaN too
+                raise ValueError(f"the bias of token {token} must be in [-100, 100], got {bias}")
+        return value
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as ``(token id, bias)`` pairs (validated)."""
+        return tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items())
 
     @field_validator("stop")
     @classmethod
@@ -138,6 +179,9 @@ class ChatCompletionRequest(_Common):
             seed=self.seed,
             logprobs=bool(self.logprobs),
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=self.bias_pairs(),
         )
 
 
@@ -180,4 +224,7 @@ class CompletionRequest(_Common):
             seed=self.seed,
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=self.bias_pairs(),
         )

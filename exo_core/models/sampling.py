@@ -2,10 +2,15 @@
 
 Randomness comes only from the ``numpy.random.Generator`` passed in; :func:`make_rng` builds one from a
 seed (PCG64), so a request with the same seed, prompt and model yields the same tokens.
+
+OpenAI's ``logit_bias``, ``presence_penalty`` and ``frequency_penalty`` are applied by
+:func:`adjust_logits` to the model's logits before anything else (temperature, top-k, top-p, greedy
+arg-max); the stage runner reports logprobs of the adjusted logits (see :func:`adjust_logits`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +41,61 @@ def make_rng(seed: int | None) -> np.random.Generator:
     ``2**64``, as their two's complement, since NumPy's seeding takes non-negative integers only.
     """
     return np.random.Generator(np.random.PCG64(None if seed is None else seed % 2**64))
+
+
+def adjust_logits(
+    logits: np.ndarray,
+    counts: Mapping[int, int] | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: Iterable[tuple[int, float]] = (),
+) -> np.ndarray:
+    """One row of logits with OpenAI's ``logit_bias`` and presence/frequency penalties applied.
+
+    For every token ``j``, with ``c[j]`` the number of times ``j`` was sampled so far in this completion
+    (generated tokens only, not the prompt)::
+
+        logit[j] = logit[j] + bias[j] - (c[j] * frequency_penalty + (c[j] > 0) * presence_penalty)
+
+    computed in float64. A bias of -100 effectively bans a token and +100 effectively forces it, for greedy
+    decoding as well. The result is what :func:`sample` picks from and what logprobs are reported of (at
+    temperature 1, before top-k/top-p), so a banned token also gets a very low logprob.
+
+    Args:
+        logits: shape ``(vocab,)`` (a ``(1, vocab)`` row is accepted).
+        counts: token id -> times sampled so far in this completion.
+        presence_penalty: subtracted once from every token sampled at least once.
+        frequency_penalty: subtracted once per time a token was sampled.
+        logit_bias: ``(token id, bias)`` pairs, added as they are (a repeated id gets the sum).
+
+    Returns:
+        ``logits`` itself when nothing applies, otherwise a new float64 row.
+
+    Raises:
+        ValueError: a token id in ``logit_bias`` or ``counts`` outside ``[0, vocab)``.
+    """
+    bias = list(logit_bias)
+    penalize = bool(counts) and (presence_penalty != 0.0 or frequency_penalty != 0.0)
+    if not bias and not penalize:
+        return logits
+    out = np.asarray(logits).reshape(-1).astype(np.float64)  # a copy: the engine's logits stay untouched
+    if bias:
+        ids = np.fromiter((t for t, _ in bias), dtype=np.int64, count=len(bias))
+        _check_ids(ids, out.size, "logit_bias")
+        np.add.at(out, ids, np.fromiter((b for _, b in bias), dtype=np.float64, count=len(bias)))
+    if penalize:
+        assert counts is not None
+        ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        _check_ids(ids, out.size, "sampled")
+        c = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        out[ids] -= c * frequency_penalty + (c > 0) * presence_penalty
+    return out
+
+
+def _check_ids(ids: np.ndarray, vocab: int, what: str) -> None:
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.size:
+        raise ValueError(f"{what} token id {int(bad[0])} is out of range (the model has {vocab} logits)")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

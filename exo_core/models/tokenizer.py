@@ -40,6 +40,8 @@ _PRE_TOKENIZERS: dict[str, tuple[str | None, bool]] = {
     "qwen2": (_QWEN2_RE, False),
 }
 _CONTROL, _USER_DEFINED = 3, 4
+#: texts longer than this (characters) are encoded without holding the GIL
+_LONG_TEXT = 4096
 
 
 @dataclass
@@ -70,7 +72,11 @@ class Tokenizer:
 
         With ``add_special_tokens`` a BOS is prepended when the model asks for one (never twice).
         """
-        ids: list[int] = list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        if len(text) > _LONG_TEXT:  # encode_batch lets go of the GIL: the event loop keeps running meanwhile
+            encoding = self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0]
+        else:
+            encoding = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        ids: list[int] = list(encoding.ids)
         if (
             add_special_tokens
             and self.add_bos
@@ -79,6 +85,13 @@ class Tokenizer:
         ):
             ids.insert(0, self.bos_token_id)
         return ids
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """Most characters of text one token can stand for (the longest vocabulary entry, added tokens
+        included): a text of ``n`` characters has at least ``n / max_token_chars`` tokens."""
+        vocab = self.backend.get_vocab(with_added_tokens=True)
+        return max((len(entry) for entry in vocab), default=1) or 1
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` (invalid UTF-8 at the end shows as U+FFFD)."""

@@ -39,6 +39,40 @@ Send = Callable[[str, RoutedMessage], Awaitable[None]]
 MAX_WIRE_TOKENS = 2**32 - 1
 
 
+def checked_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int) -> tuple[tuple[int, float], ...]:
+    """``bias`` if every token id is in the model's vocabulary, else a 400 naming ``logit_bias``.
+
+    The API checks everything else; only here is the model (and so its vocabulary size) known.
+    """
+    for token, _ in bias:
+        if not 0 <= token < vocab_size:
+            raise BackendError(
+                400,
+                "invalid_request",
+                f"logit_bias: token id {token} is out of range (the model has {vocab_size} tokens)",
+                param="logit_bias",
+            )
+    return bias
+
+
+def _check_length(loaded: LoadedModel, chars: int, param: str) -> None:
+    """Refuse, before tokenizing it, a text too long to fit the context whatever its tokens.
+
+    A text of ``chars`` characters has at least ``chars / max_token_chars`` tokens; the bound is halved
+    again for normalizers that fold several characters into one. Tokenizing megabytes takes seconds of CPU
+    and a gigabyte of memory, all for a 400 at the end.
+    """
+    limit = loaded.config.context_length * loaded.tokenizer.max_token_chars * 2
+    if chars > limit:
+        raise BackendError(
+            400,
+            "context_length_exceeded",
+            f"the prompt has {chars} characters, more than any {loaded.config.context_length}-token context "
+            f"can hold ({limit} at most for this model's tokenizer)",
+            param=param,
+        )
+
+
 class NodeBackend:
     """Serves API requests with the whole cluster (see module docstring)."""
 
@@ -138,13 +172,17 @@ class NodeBackend:
             raise BackendError(
                 404, "model_not_found", f"model {model!r} is not known here; known: {known}", param="model"
             )
+        param = "messages" if messages is not None else "prompt"
         try:
             loaded = await self.catalog.load(model)
             if messages is not None:
+                _check_length(loaded, sum(len(str(m.get("content") or "")) for m in messages), param)
                 text = await anyio.to_thread.run_sync(lambda: render_chat(loaded.source, messages))
             else:
                 text = prompt or ""
-            ids = loaded.tokenizer.encode(text)
+            _check_length(loaded, len(text), param)
+            # off the event loop: a long prompt takes seconds to tokenize (the tokenizer lets go of the GIL)
+            ids = await anyio.to_thread.run_sync(loaded.tokenizer.encode, text)
         except ModelNotFoundError as exc:
             raise BackendError(404, "model_not_found", str(exc), param="model") from exc
         except ModelError as exc:
@@ -160,7 +198,7 @@ class NodeBackend:
                 400,
                 "context_length_exceeded",
                 f"the prompt has {len(ids)} tokens; the model's context is {loaded.config.context_length}",
-                param="messages" if messages is not None else "prompt",
+                param=param,
             )
         return loaded, ids
 
@@ -202,6 +240,9 @@ class NodeBackend:
                 max_tokens=max(1, max_tokens),
                 top_logprobs=params.top_logprobs,
                 stop_token_ids=loaded.tokenizer.eos_token_ids,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                logit_bias=checked_logit_bias(params.logit_bias, loaded.config.vocab_size),
             ),
         )
         nodes = frozenset(e.node_id for e in plan)

@@ -18,7 +18,7 @@ import anyio
 import numpy as np
 
 from exo_core.engine import threads_per_pass
-from exo_core.models.sampling import make_rng, sample, token_logprob, top_logprobs
+from exo_core.models.sampling import adjust_logits, make_rng, sample, token_logprob, top_logprobs
 from exo_core.models.source import load_config
 from exo_core.orchestration.batching import StepBatcher
 from exo_core.orchestration.catalog import Catalog
@@ -74,6 +74,8 @@ class StageRunner:
         self._catalog = catalog
         self._send = send
         self._rngs: dict[str, np.random.Generator] = {}
+        #: request id -> token id -> times sampled in this completion (only for requests with penalties)
+        self._counts: dict[str, dict[int, int]] = {}
         self._active: dict[str, float] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._context_length: dict[str, int] = {}
@@ -109,6 +111,7 @@ class StageRunner:
         while len(self._finished) > FINISHED_REMEMBERED:
             self._finished.popitem(last=False)
         self._rngs.pop(msg.request_id, None)
+        self._counts.pop(msg.request_id, None)
         self._active.pop(msg.request_id, None)
         self.batcher.forget(msg.request_id)
         await self._shards.free(msg.request_id)
@@ -184,11 +187,22 @@ class StageRunner:
             await self._send(target, token)
 
     async def _sample(self, ctx: RequestContext, logits: np.ndarray, step: int, position: int) -> Token:
+        # Lone and batched steps both come through here: the batcher only runs the forward passes.
         params = ctx.sampling
         rng = self._rngs.get(ctx.request_id)
         if rng is None:
             rng = self._rngs[ctx.request_id] = make_rng(params.seed)
+        counts = None
+        if params.presence_penalty or params.frequency_penalty:
+            if step == 0:  # the request's first token: a PROMPT (re)started it, nothing sampled yet
+                self._counts.pop(ctx.request_id, None)
+            counts = self._counts.setdefault(ctx.request_id, {})
+        logits = adjust_logits(
+            logits, counts, params.presence_penalty, params.frequency_penalty, params.logit_bias
+        )
         token_id = sample(logits, params.temperature, params.top_p, params.top_k, rng)
+        if counts is not None:
+            counts[token_id] = counts.get(token_id, 0) + 1
         top = tuple(top_logprobs(logits, params.top_logprobs)) if params.top_logprobs else ()
         logprob = token_logprob(logits, token_id)
         reason = ""

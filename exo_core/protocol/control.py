@@ -9,8 +9,9 @@ from exo_core.protocol.binary import Reader, Value, Writer
 from exo_core.protocol.errors import ErrorCode, ProtocolError
 from exo_core.protocol.frame import FrameType
 
-#: Protocol versions this implementation speaks (negotiated in HELLO).
-PROTOCOL_VERSION: Final = 1
+#: Protocol versions this implementation speaks (negotiated in HELLO). Version 2: a keyed node's first HELLO
+#: is anonymous (its identity follows authentication); version 1 sent it before.
+PROTOCOL_VERSION: Final = 2
 NONCE_SIZE: Final = 32
 MAC_SIZE: Final = 32
 
@@ -23,8 +24,11 @@ HELLO_TOOL: Final = 0x04
 class Hello:
     """First frame each side sends.
 
+    A sender with a cluster key first sends an *anonymous* HELLO (:meth:`anonymous_of`: versions and the
+    dialer and auth flags, every identity field empty) and its full HELLO only once the peer proved the key.
+
     Attributes:
-        node_id: the sender's node id (authoritative: discovery names are only labels).
+        node_id: the sender's node id (authoritative: discovery names are only labels); "" when anonymous.
         min_version / max_version: protocol versions the sender speaks.
         instance: random per-process number; a new value for a known node id means the peer restarted.
         conn_seq: the dialer's per-process connection counter (0 in the acceptor's HELLO).
@@ -48,6 +52,16 @@ class Hello:
     address: str = ""
     agent: str = ""
     capabilities: dict[str, Value] = field(default_factory=dict)
+
+    @classmethod
+    def anonymous_of(cls, hello: Hello) -> Hello:
+        """The HELLO a keyed sender shows before authentication: what ``hello`` says minus who it is."""
+        return cls("", hello.min_version, hello.max_version, dialer=hello.dialer, auth=True)
+
+    @property
+    def anonymous(self) -> bool:
+        """Sent before authentication: versions and flags only (see :meth:`anonymous_of`)."""
+        return not self.node_id
 
     def write(self, w: Writer) -> None:
         w.u16(self.min_version)
@@ -74,11 +88,17 @@ class Hello:
             raise ProtocolError(ErrorCode.MALFORMED, f"HELLO: unknown flags 0x{flags:02x}")
         instance, conn_seq = r.u64("HELLO instance"), r.u64("HELLO conn_seq")
         node_id, address, agent = r.str8("HELLO node_id"), r.str8("HELLO address"), r.str8("HELLO agent")
-        if not node_id:
-            raise ProtocolError(ErrorCode.MALFORMED, "HELLO: empty node id")
         caps = r.value(what="HELLO capabilities")
         if not isinstance(caps, dict):
             raise ProtocolError(ErrorCode.MALFORMED, "HELLO: capabilities must be a map")
+        if not node_id and (
+            not flags & HELLO_AUTH or flags & HELLO_TOOL or instance or conn_seq or address or agent or caps
+        ):
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                "HELLO: empty node id (only an anonymous HELLO, sent before authentication, has none, and it "
+                "carries nothing but the versions and the dialer and auth flags)",
+            )
         return cls(
             node_id,
             lo,

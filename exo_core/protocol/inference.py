@@ -6,6 +6,7 @@ disagree about who runs what (DESIGN.md §3).
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -16,10 +17,18 @@ from exo_core.protocol.frame import FrameType
 from exo_core.protocol.tensor import Tensor, read_tensor, write_tensor_header
 
 MAX_PLAN: Final = 255
+#: sampling flags: a seed is set; penalties follow the stop ids; a logit bias follows (see docs/protocol.md)
 SEED_SET: Final = 0x01
+PENALTIES_SET: Final = 0x02
+LOGIT_BIAS_SET: Final = 0x04
+_SAMPLING_FLAGS: Final = SEED_SET | PENALTIES_SET | LOGIT_BIAS_SET
+#: most ``logit_bias`` entries a context may carry (u16 count on the wire)
+MAX_LOGIT_BIAS: Final = 0xFFFF
 TOKEN_FINISHED: Final = 0x01
 # Fixed-size runs of fields, each read and written with one struct call (the hot path of every message).
 _SAMPLING: Final = struct.Struct(">ffIBqIBH")  # temperature, top_p, top_k, flags, seed, max, top_logprobs, n
+_SAMPLING_FLAGS_AT: Final = 12  # offset of the flags byte in _SAMPLING
+_PENALTIES: Final = struct.Struct(">ff")  # presence_penalty, frequency_penalty
 _STAGE: Final = struct.Struct(">HH")  # first_layer, last_layer
 _STEP_POS: Final = struct.Struct(">II")  # step, position
 
@@ -35,7 +44,12 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How the last node of the plan picks tokens (temperature 0 = greedy; top_k 0 = off)."""
+    """How the last node of the plan picks tokens (temperature 0 = greedy; top_k 0 = off).
+
+    ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` (``(token id, bias)`` pairs) are OpenAI's
+    (:func:`exo_core.models.sampling.adjust_logits`). They are written only when set (flags 0x02, 0x04), so
+    a context that uses none of them encodes exactly as before they existed.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -44,14 +58,25 @@ class SamplingParams:
     max_tokens: int = 256
     top_logprobs: int = 0
     stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def write(self, w: Writer) -> None:
+        penalties = self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias has {len(self.logit_bias)} entries, at most {MAX_LOGIT_BIAS}")
+        flags = (
+            (SEED_SET if self.seed is not None else 0)
+            | (PENALTIES_SET if penalties else 0)
+            | (LOGIT_BIAS_SET if self.logit_bias else 0)
+        )
         w.pack(
             _SAMPLING,
             self.temperature,
             self.top_p,
             self.top_k,
-            SEED_SET if self.seed is not None else 0,
+            flags,
             self.seed or 0,
             self.max_tokens,
             self.top_logprobs,
@@ -59,18 +84,48 @@ class SamplingParams:
         )
         if self.stop_token_ids:
             w.raw(struct.pack(f">{len(self.stop_token_ids)}i", *self.stop_token_ids))
+        if penalties:
+            w.pack(_PENALTIES, self.presence_penalty, self.frequency_penalty)
+        if self.logit_bias:
+            w.u16(len(self.logit_bias))
+            flat = (x for pair in self.logit_bias for x in pair)
+            w.raw(struct.pack(f">{'if' * len(self.logit_bias)}", *flat))
 
     @classmethod
     def read(cls, r: Reader) -> SamplingParams:
         temperature, top_p, top_k, flags, seed, max_tokens, top_logprobs, n = r.unpack(_SAMPLING, "sampling")
-        if flags & ~SEED_SET:
+        if flags & ~_SAMPLING_FLAGS:
             raise ProtocolError(ErrorCode.MALFORMED, f"sampling: unknown flags 0x{flags:02x}")
         stops: tuple[int, ...] = ()
         if n:
             r.count(n, 4, "stop_token_ids")
             stops = r.unpack(struct.Struct(f">{n}i"), "stop_token_ids")
+        presence = frequency = 0.0
+        if flags & PENALTIES_SET:
+            presence, frequency = r.unpack(_PENALTIES, "sampling penalties")
+            if not (math.isfinite(presence) and math.isfinite(frequency)):
+                raise ProtocolError(ErrorCode.MALFORMED, "sampling: penalties must be finite")
+        bias: tuple[tuple[int, float], ...] = ()
+        if flags & LOGIT_BIAS_SET:
+            m = r.count(r.u16("logit_bias count"), 8, "logit_bias")
+            flat = r.unpack(struct.Struct(f">{'if' * m}"), "logit_bias")
+            bias = tuple(zip(flat[0::2], flat[1::2], strict=True))
+            for token, value in bias:
+                if token < 0 or not math.isfinite(value):
+                    raise ProtocolError(
+                        ErrorCode.MALFORMED, f"logit_bias: bad entry (token {token}, bias {value})"
+                    )
         return cls(
-            temperature, top_p, top_k, seed if flags & SEED_SET else None, max_tokens, top_logprobs, stops
+            temperature,
+            top_p,
+            top_k,
+            seed if flags & SEED_SET else None,
+            max_tokens,
+            top_logprobs,
+            stops,
+            presence,
+            frequency,
+            bias,
         )
 
 
@@ -173,7 +228,12 @@ def _ctx_end(mv: memoryview, pos: int) -> int:
         pos += _SAMPLING.size
         if pos > len(mv):
             return -1
+        flags = mv[pos - _SAMPLING.size + _SAMPLING_FLAGS_AT]
         pos += 4 * ((mv[pos - 2] << 8) | mv[pos - 1])  # stop_token_ids
+        if flags & PENALTIES_SET:
+            pos += _PENALTIES.size
+        if flags & LOGIT_BIAS_SET:
+            pos += 2 + 8 * ((mv[pos] << 8) | mv[pos + 1])
     except IndexError:
         return -1
     return pos if pos <= len(mv) else -1

@@ -10,6 +10,11 @@ empty, so a small frame (a ``PONG``) waits for at most one fragment, never for t
 Reads: ``recv_into`` the parser's buffer (a large payload is read straight into its final buffer). Waits are
 bounded: ``idle_timeout`` between frames (keepalive PINGs make silence mean death), and inside a frame a
 slow-sender deadline of ``frame_timeout`` plus ``1 / min_transfer_rate`` seconds per byte received.
+
+Backpressure: what waits to be written is bounded by ``max_write_backlog``. A peer whose requests (PINGs,
+anything answered) produce replies faster than it reads them would otherwise grow the queue without end:
+over the bound the connection stops reading from that peer until the queue is back under half of it, and
+closes the connection (with a log line) when it stays over the bound for ``write_timeout``.
 """
 
 from __future__ import annotations
@@ -42,12 +47,17 @@ _KEEPALIVE = encode_bytes(Ping(0))
 #: recv calls and bytes per readiness callback: bound how long one busy connection holds the event loop.
 _READS_PER_WAKE = 16
 _BYTES_PER_WAKE = 4 << 20
+#: frames delivered per readiness callback: 4 MiB of PINGs is 150,000 replies, seconds of work
+_FRAMES_PER_WAKE = 1024
 #: While a large payload is being received, the socket reports readable only once this much of it (or all
 #: that is left of it) has arrived: fewer, larger reads and far fewer wake-ups. Nothing else can arrive
 #: before those bytes (TCP is ordered), so no small frame is held up. Linux only (epoll honours it).
 _LOWAT = 4 << 20
 _LOWAT_MIN = 64 << 10
 _USE_LOWAT = sys.platform == "linux" and hasattr(socket, "SO_RCVLOWAT")
+#: What one queued buffer costs beyond its bytes (the memoryview and the object it views): counted in the
+#: write backlog, so that a flood of tiny replies is bounded by the memory it really takes.
+_BUFFER_OVERHEAD = 256
 
 
 @dataclass(eq=False)
@@ -95,6 +105,12 @@ class Connection:
         self.scope: CancelScope | None = None
         self._frames: deque[Frame] = deque()
         self._inflight: deque[memoryview] = deque()
+        #: bytes in ``_inflight`` plus ``_BUFFER_OVERHEAD`` per buffer (see :attr:`backlog`)
+        self._backlog = 0
+        #: when reading stopped because the backlog went over ``max_write_backlog`` (None: reading)
+        self._paused_at: float | None = None
+        self._resumed = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._bulk: deque[_Bulk] = deque()
         self._finishing: list[_Bulk] = []
         self._wake = anyio.Event()
@@ -126,7 +142,7 @@ class Connection:
         if isinstance(parts, bytes | bytearray):
             parts = [parts]
         if self._inflight:  # keep the order: behind what is queued
-            self._inflight.extend(memoryview(p).cast("B") for p in parts)
+            self._queue(parts)
             self._wake.set()
             return
         try:
@@ -144,6 +160,7 @@ class Connection:
                 n -= len(view)
                 continue
             self._inflight.append(view[n:])
+            self._backlog += len(view) - n + _BUFFER_OVERHEAD
             n = 0
         if self._inflight:
             self._wake.set()
@@ -170,29 +187,57 @@ class Connection:
         if self.closed and not bulk.queued_last:
             raise ConnectionClosedError(f"connection to {self.label} closed while sending ({self.error})")
 
+    def _queue(self, parts: list[Buffer]) -> None:
+        for p in parts:
+            view = memoryview(p).cast("B")
+            self._inflight.append(view)
+            self._backlog += len(view) + _BUFFER_OVERHEAD
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for writing, each queued buffer counted with its bookkeeping (256 bytes more)."""
+        return self._backlog
+
+    @property
+    def reading_paused(self) -> bool:
+        """Reading stopped because the peer does not read what we queued for it (backpressure)."""
+        return self._paused_at is not None
+
     def _flush_some(self) -> None:
         inflight = self._inflight
         while inflight:
             try:
                 n = self.sock.sendmsg(list(itertools.islice(inflight, _IOV_MAX)))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             self._last_send = self._clock()
             while n:
                 head = inflight[0]
                 if len(head) <= n:
                     n -= len(head)
+                    self._backlog -= len(head) + _BUFFER_OVERHEAD
                     inflight.popleft()
                 else:
                     inflight[0] = head[n:]
+                    self._backlog -= n
                     n = 0
+        if self._paused_at is not None and self._backlog <= self.settings.max_write_backlog // 2:
+            self._resume_reading()
 
     async def write_loop(self) -> None:
         """The connection's writer task: flushes the queue, feeds fragments, sends keepalives."""
         try:
             await self._write_loop()
-        except (OSError, TimeoutError) as exc:
-            self.fail(f"write failed: {exc or 'peer stopped reading'}")
+        except TimeoutError:
+            reason = (
+                f"the peer read nothing for {self.settings.write_timeout:g}s "
+                f"({self._backlog} bytes queued for it)"
+            )
+            if not self.closed:
+                log.warning("closing connection to %s: %s", self.label, reason)
+            self.fail(reason)
+        except OSError as exc:
+            self.fail(f"write failed: {exc}")
 
     async def _write_loop(self) -> None:
         s = self.settings
@@ -219,7 +264,7 @@ class Connection:
                     bulk.queued_last = True
                     self._finishing.append(bulk)
                 else:
-                    self._inflight.extend(memoryview(p).cast("B") for p in parts)
+                    self._queue(parts)
                     pacer.started(self._clock())
                     self._bulk.rotate(-1)  # round-robin between large messages
                 continue
@@ -231,7 +276,7 @@ class Connection:
             self._drained = anyio.Event()
             if self.ready and not self._inflight and not self._bulk:
                 if self._clock() - self._last_send >= s.keepalive_interval:
-                    self._inflight.append(memoryview(_KEEPALIVE))
+                    self._queue([_KEEPALIVE])
 
     # ---- reading -------------------------------------------------------------------------------------
 
@@ -272,17 +317,24 @@ class Connection:
             ProtocolError, ConnectionClosedError, TimeoutError: as :meth:`read_frame`, or whatever
                 ``deliver`` raised.
         """
-        while self._frames:
-            deliver(self._frames.popleft())
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): readiness waits
             while True:
+                while self._frames:
+                    deliver(self._frames.popleft())
+                    if self._backlog > self.settings.max_write_backlog:
+                        await self._wait_backlog()
                 deliver(await self.read_frame())
+                if self._backlog > self.settings.max_write_backlog:
+                    await self._wait_backlog()
         fd = self.sock.fileno()
         self._deliver = deliver
+        self._loop = loop
         self._pumping = anyio.Event()
         loop.add_reader(fd, self._on_readable)
+        if self._frames:  # frames that arrived behind the handshake's READY
+            loop.call_soon(self._on_readable)
         try:
             while self._read_error is None:
                 deadline, why = self._read_deadline()
@@ -295,19 +347,63 @@ class Connection:
             raise self._read_error
         finally:
             self._deliver = None
+            self._loop = None
             loop.remove_reader(fd)
             if self._lowat != 1:
                 self._set_lowat(0)
 
+    async def _wait_backlog(self) -> None:
+        """Readiness-wait backends: stop reading until the backlog is back under half its bound."""
+        self._pause_reading()
+        deadline, why = self._read_deadline()
+        with anyio.move_on_after(max(0.0, deadline - self._clock())):
+            await self._resumed.wait()
+        if self._paused_at is not None:
+            raise TimeoutError(why)
+
+    def _pause_reading(self) -> None:
+        self._paused_at = self._clock()
+        self._resumed = anyio.Event()
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._pumping.set()  # the pumping task's deadline is now the backlog's
+
+    def _resume_reading(self) -> None:
+        if self._paused_at is None:
+            return
+        paused_for = self._clock() - self._paused_at
+        self._paused_at = None
+        self._last_recv += paused_for  # we did not listen meanwhile: the peer's silence was ours
+        if self._frame_start is not None:
+            self._frame_start += paused_for
+        self._resumed.set()
+        if self._loop is not None and self._deliver is not None:
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._loop.call_soon(self._on_readable)  # frames parsed before the pause are still waiting
+            self._pumping.set()
+
     def _on_readable(self) -> None:
         """Readiness callback of :meth:`pump`: read what is there (bounded, for fairness) and deliver it."""
         deliver = self._deliver
-        if deliver is None or self._read_error is not None:
+        if deliver is None or self._read_error is not None or self._paused_at is not None:
             return
         sock, parser, frames = self.sock, self.parser, self._frames
-        budget = _BYTES_PER_WAKE
+        limit = self.settings.max_write_backlog
+        budget, reads, quota = _BYTES_PER_WAKE, 0, _FRAMES_PER_WAKE
         try:
-            for _ in range(_READS_PER_WAKE):
+            while True:
+                while frames:
+                    deliver(frames.popleft())
+                    if self._backlog > limit:  # the peer does not read what it asks for: stop reading it
+                        self._pause_reading()
+                        return
+                    quota -= 1
+                    if not quota and frames:  # others' turn; the rest are parsed already: come back soon
+                        if self._loop is not None and self._deliver is not None:
+                            self._loop.call_soon(self._on_readable)
+                        return
+                if self._deliver is None or budget <= 0 or reads == _READS_PER_WAKE:
+                    break  # closed by deliver, or others' turn
                 try:
                     n = sock.recv_into(parser.buffer())
                 except (BlockingIOError, InterruptedError):
@@ -316,10 +412,7 @@ class Connection:
                     raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
                 self._received(n)
                 budget -= n
-                while frames:
-                    deliver(frames.popleft())
-                if self._deliver is None or budget <= 0:  # closed by deliver, or others' turn
-                    break
+                reads += 1
         except Exception as exc:  # handed to the pumping task, which raises it
             self._read_error = exc
             self._deliver = None
@@ -357,7 +450,13 @@ class Connection:
 
     def _read_deadline(self) -> tuple[float, str]:
         s = self.settings
-        if self._frame_start is not None:
+        if self._paused_at is not None:  # we stopped reading: the peer's silence is ours
+            deadline = self._paused_at + s.write_timeout
+            why = (
+                f"the peer has not read its replies for {s.write_timeout:g}s: {self._backlog} bytes queued "
+                f"for it (max_write_backlog {s.max_write_backlog}); stopped reading from it meanwhile"
+            )
+        elif self._frame_start is not None:
             deadline = self._frame_start + s.frame_timeout + self._frame_bytes / s.min_transfer_rate
             why = (
                 f"slow sender: a frame is still incomplete after {self._clock() - self._frame_start:.1f}s "

@@ -1,12 +1,17 @@
 """The connection handshake: HELLO both ways, optional mutual HMAC authentication, READY both ways.
 
-Each side sends everything it can without waiting (HELLO, AUTH_CHALLENGE), so the handshake costs two
-round trips with a key and one without. Any failure sends an ``ERROR`` frame naming the reason, so both
-sides can log the same diagnosis, and raises :class:`~exo_core.transport.errors.HandshakeError`.
+Without a key each side sends its HELLO at once and READY once it accepted the peer's: one round trip.
+With a key a peer learns nothing but the protocol versions and a challenge until it proved the key: each
+side sends an anonymous HELLO (versions and flags) and AUTH_CHALLENGE at once; the dialer answers the
+acceptor's challenge, the acceptor answers the dialer's only once that answer verified; each side sends its
+full HELLO once the peer's AUTH_RESPONSE verified; then READY. Any failure sends an
+``ERROR`` frame naming the reason, so both sides can log the same diagnosis, and raises
+:class:`~exo_core.transport.errors.HandshakeError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -82,8 +87,23 @@ async def _expect(conn: Connection, want: FrameType, stage: str) -> tuple[Messag
     return msg, bytes(frame.payload)
 
 
-async def handshake(conn: Connection, me: LocalIdentity, *, conn_seq: int, within: float) -> PeerInfo:
+async def handshake(
+    conn: Connection,
+    me: LocalIdentity,
+    *,
+    conn_seq: int,
+    within: float,
+    admit: Callable[[PeerInfo], str | None] | None = None,
+) -> PeerInfo:
     """Run the handshake on a fresh connection and return what the peer said about itself.
+
+    Args:
+        conn: the fresh connection.
+        me: what this side says about itself.
+        conn_seq: this side's dial counter (dialer only).
+        within: seconds the whole handshake may take.
+        admit: called with the accepted peer just before READY; a returned reason refuses it with
+            ``ERROR UNAVAILABLE`` (e.g. the node is at its connection limit).
 
     Raises:
         HandshakeError: version mismatch, authentication failure, timeout, bad framing, or talking to itself.
@@ -91,7 +111,7 @@ async def handshake(conn: Connection, me: LocalIdentity, *, conn_seq: int, withi
     """
     try:
         with anyio.fail_after(within):
-            return await _handshake(conn, me, conn_seq)
+            return await _handshake(conn, me, conn_seq, admit)
     except TimeoutError:
         raise _reject(
             conn,
@@ -102,7 +122,9 @@ async def handshake(conn: Connection, me: LocalIdentity, *, conn_seq: int, withi
         ) from None
 
 
-async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> PeerInfo:
+async def _handshake(
+    conn: Connection, me: LocalIdentity, conn_seq: int, admit: Callable[[PeerInfo], str | None] | None
+) -> PeerInfo:
     hello = Hello(
         me.node_id,
         me.min_version,
@@ -116,17 +138,19 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
         me.agent,
         me.capabilities,
     )
-    encoded = encode(hello)
-    my_hello = bytes(memoryview(encoded.parts[0])[HEADER_SIZE:])
+    # With a key, who we are waits until the peer proved it has the key: first an anonymous HELLO.
+    first = Hello.anonymous_of(hello) if me.key is not None else hello
+    encoded = encode(first)
+    my_first = bytes(memoryview(encoded.parts[0])[HEADER_SIZE:])
     conn.send_nowait(encoded.parts)
     my_nonce = new_nonce()
     if me.key is not None:
         conn.send_nowait(encode(AuthChallenge(my_nonce)).parts)
 
-    msg, peer_hello = await _expect(conn, FrameType.HELLO, "HELLO")
+    msg, peer_first = await _expect(conn, FrameType.HELLO, "HELLO")
     assert isinstance(msg, Hello)
     peer = msg
-    label = f"{peer.node_id} ({conn.remote})"
+    label = f"{peer.node_id} ({conn.remote})" if peer.node_id else conn.remote
     version = min(me.max_version, peer.max_version)
     if version < max(me.min_version, peer.min_version):
         raise _reject(
@@ -136,13 +160,6 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
             f"{peer.min_version}..{peer.max_version}",
             f"peer {label} speaks protocol {peer.min_version}..{peer.max_version}, we speak "
             f"{me.min_version}..{me.max_version}: upgrade the older node",
-        )
-    if peer.node_id == me.node_id and not me.tool:
-        raise _reject(
-            conn,
-            ErrorCode.SELF_CONNECTION,
-            "you connected to yourself (same node id)",
-            f"{conn.remote} is this node itself (node id {me.node_id}); not connecting to itself",
         )
     if me.key is not None and not peer.auth:
         raise _reject(
@@ -161,15 +178,22 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
             "set --cluster-key / EXO_CLUSTER_KEY",
         )
     if me.key is not None:
+        if not peer.anonymous:
+            raise _reject(
+                conn,
+                ErrorCode.UNEXPECTED,
+                "with a cluster key the first HELLO must be anonymous (identity after authentication)",
+                f"peer {label} sent its identity before authenticating (a protocol version 1 node?)",
+            )
         msg, _ = await _expect(conn, FrameType.AUTH_CHALLENGE, "AUTH_CHALLENGE")
         assert isinstance(msg, AuthChallenge)
         peer_nonce = msg.nonce
-        conn.send_nowait(
-            encode(AuthResponse(auth_mac(me.key, peer_nonce, my_nonce, my_hello, peer_hello))).parts
-        )
+        response = encode(AuthResponse(auth_mac(me.key, peer_nonce, my_nonce, my_first, peer_first)))
+        if conn.dialed:  # the dialer answers first: whoever connects gets no MAC to guess the key from
+            conn.send_nowait(response.parts)
         msg, _ = await _expect(conn, FrameType.AUTH_RESPONSE, "AUTH_RESPONSE")
         assert isinstance(msg, AuthResponse)
-        expected = auth_mac(me.key, my_nonce, peer_nonce, peer_hello, my_hello)
+        expected = auth_mac(me.key, my_nonce, peer_nonce, peer_first, my_first)
         if not verify_mac(expected, msg.mac):
             raise _reject(
                 conn,
@@ -177,13 +201,34 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
                 "authentication failed: your cluster key differs from this node's",
                 f"peer {label} failed authentication: its cluster key differs from this node's",
             )
-    conn.send_nowait(encode(Ready()).parts)
-    await _expect(conn, FrameType.READY, "READY")
-    try:  # frames that came right behind the READY are parsed only now, under the full limit
-        conn.handshake_done()
-    except ProtocolError as exc:
-        raise _reject(conn, exc.code, str(exc), f"right after READY: {exc.message}") from None
-    return PeerInfo(
+        if not conn.dialed:
+            conn.send_nowait(response.parts)
+        # the peer proved the key: now each side says who it is
+        conn.send_nowait(encode(hello).parts)
+        msg, _ = await _expect(conn, FrameType.HELLO, "HELLO after authentication")
+        assert isinstance(msg, Hello)
+        if msg.anonymous or (msg.min_version, msg.max_version, msg.dialer, msg.auth) != (
+            peer.min_version,
+            peer.max_version,
+            peer.dialer,
+            peer.auth,
+        ):
+            raise _reject(
+                conn,
+                ErrorCode.MALFORMED,
+                "your HELLO after authentication must name you and repeat your first HELLO's versions/flags",
+                f"peer at {conn.remote} sent an anonymous or inconsistent HELLO after authenticating",
+            )
+        peer = msg
+        label = f"{peer.node_id} ({conn.remote})"
+    if peer.node_id == me.node_id and not me.tool:
+        raise _reject(
+            conn,
+            ErrorCode.SELF_CONNECTION,
+            "you connected to yourself (same node id)",
+            f"{conn.remote} is this node itself (node id {me.node_id}); not connecting to itself",
+        )
+    info = PeerInfo(
         node_id=peer.node_id,
         version=version,
         capabilities=peer.capabilities,
@@ -195,3 +240,13 @@ async def _handshake(conn: Connection, me: LocalIdentity, conn_seq: int) -> Peer
         tool=peer.tool,
         conn_seq=peer.conn_seq if not conn.dialed else conn_seq,
     )
+    refusal = admit(info) if admit is not None else None
+    if refusal is not None:
+        raise _reject(conn, ErrorCode.UNAVAILABLE, refusal, f"refused {label}: {refusal}")
+    conn.send_nowait(encode(Ready()).parts)
+    await _expect(conn, FrameType.READY, "READY")
+    try:  # frames that came right behind the READY are parsed only now, under the full limit
+        conn.handshake_done()
+    except ProtocolError as exc:
+        raise _reject(conn, exc.code, str(exc), f"right after READY: {exc.message}") from None
+    return info

@@ -33,7 +33,9 @@ from exo_core.transport.sock import connect, format_address, parse_address
 if TYPE_CHECKING:
     from exo_core.settings import CoreSettings
 
-PingFailure = Literal["refused", "timeout", "not_exo", "version_mismatch", "auth", "unreachable", "closed"]
+PingFailure = Literal[
+    "refused", "timeout", "not_exo", "version_mismatch", "auth", "unreachable", "unavailable", "closed"
+]
 
 
 class PingError(Exception):
@@ -79,7 +81,8 @@ async def ping(
     """Connect to an exo node, handshake, and send ``count`` PINGs.
 
     Raises:
-        PingError: with ``kind`` refused, timeout, not_exo, version_mismatch, auth, unreachable or closed.
+        PingError: with ``kind`` refused, timeout, not_exo, version_mismatch, auth, unreachable,
+            unavailable (the node turned us away and said why: it is at its connection limit, ...) or closed.
     """
     where = format_address(host, port)
     settings = TransportSettings(connect_timeout=timeout, handshake_timeout=timeout, idle_timeout=timeout + 5)
@@ -158,6 +161,8 @@ def _diagnose(where: str, exc: HandshakeError) -> PingError:
         )
     if exc.code == ErrorCode.TIMEOUT:
         return PingError("timeout", f"{where}: no exo handshake: {exc}")
+    if exc.code == ErrorCode.UNAVAILABLE and exc.from_peer:
+        return PingError("unavailable", f"{where}: the node turned us away: {exc}")
     return PingError("closed", f"{where}: handshake failed: {exc}")
 
 

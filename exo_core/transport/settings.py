@@ -51,7 +51,16 @@ class TransportSettings(BaseSettings):
         description="bytes per second a peer must keep up while sending a frame (slow senders)",
     )
     write_timeout: float = Field(
-        30.0, gt=0, description="close a connection when the peer reads nothing for this many seconds"
+        30.0,
+        gt=0,
+        description="close a connection when the peer reads nothing for this many seconds, or its write "
+        "backlog stays over max_write_backlog this long",
+    )
+    max_write_backlog: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes queued for sending to one peer (each queued buffer counts 256 bytes more) beyond "
+        "which the node stops reading from that peer until it reads what it asked for (backpressure)",
     )
     drain_timeout: float = Field(
         5.0, gt=0, description="seconds a duplicate connection is kept for in-flight frames after GOAWAY"
@@ -61,7 +70,22 @@ class TransportSettings(BaseSettings):
     )
     reconnect_max: float = Field(10.0, gt=0, description="cap of the exponential redial backoff, seconds")
     max_connections: int = Field(
-        512, ge=1, description="most simultaneous connections (inbound and outbound)"
+        512,
+        ge=1,
+        description="most connections that finished the handshake (inbound and outbound); a peer beyond it "
+        "is refused with ERROR UNAVAILABLE",
+    )
+    max_handshakes: int = Field(
+        64,
+        ge=1,
+        description="most inbound connections still in the handshake (apart from max_connections); a new "
+        "one beyond it closes the oldest waiting one, from the source address holding the most",
+    )
+    max_handshakes_per_address: int = Field(
+        16,
+        ge=1,
+        description="most inbound connections in the handshake from one source address; a new one beyond "
+        "it closes that address's oldest waiting one",
     )
     advertise_address: str | None = Field(
         None,

@@ -27,6 +27,7 @@ import logging
 import random
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ from exo_core.protocol.control import Error, Ping, Pong
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
 from exo_core.protocol.errors import ErrorCode, ProtocolError
 from exo_core.protocol.frame import Frame, FrameType, frame_header
+from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
 from exo_core.transport.connection import Connection
 from exo_core.transport.errors import (
     ConnectionClosedError,
@@ -115,6 +117,15 @@ class TcpTransport:
         self._keeps: dict[tuple[str, int], _Keep] = {}
         self._tg: TaskGroup | None = None
         self._connections = 0
+        #: every open connection (both directions, in the handshake or not), for introspection
+        self._conns: set[Connection] = set()
+        #: connections past the handshake (the ``max_connections`` slots)
+        self._established = 0
+        #: inbound connections still in the handshake, in a budget of their own
+        self._handshaking = HandshakeBudget(
+            self.settings.max_handshakes, self.settings.max_handshakes_per_address
+        )
+        self._evict_log = RateLimitedLog(10.0, time.monotonic)
         self._pool = TaskPool()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -240,14 +251,49 @@ class TcpTransport:
                 log.warning("accept failed: %s", exc)
                 await anyio.sleep(0.1)
                 continue
-            remote = format_address(str(addr[0]), int(addr[1]))
-            if self._connections >= self.settings.max_connections:
-                log.warning("refusing connection from %s: %d connections open", remote, self._connections)
-                sock.close()
-                continue
+            host = str(addr[0])
             tune(sock)
-            conn = Connection(sock, self.settings, dialed=False, remote=remote)
+            conn = Connection(sock, self.settings, dialed=False, remote=format_address(host, int(addr[1])))
+            victim = self._handshaking.admit(conn, host)
+            if victim is not None:
+                self._evict(victim, conn, host)
             self._task_group().start_soon(self._serve, conn, 0, None)
+
+    def _evict(self, victim: Connection, newcomer: Connection, host: str) -> None:
+        """Close ``victim`` (in the handshake) to make room for ``newcomer``, telling it why."""
+        budget = self._handshaking
+        why = "too many connections are in the handshake with this node; yours waited longest: retry"
+        try:
+            victim.send_nowait(encode(Error(ErrorCode.UNAVAILABLE, why)).parts)
+        except ConnectionClosedError:
+            pass
+        victim.fail("closed to make room for a newer connection in the handshake")
+
+        def emit(suppressed: int) -> None:
+            log.warning(
+                "too many connections in the handshake (%d, at most %d; %d from %s, at most %d each): "
+                "closed the oldest waiting one, from %s, to admit %s%s",
+                len(budget),
+                budget.total,
+                budget.count(host),
+                host,
+                budget.per_address,
+                victim.remote,
+                newcomer.remote,
+                f" ({suppressed} more such closures since the last message)" if suppressed else "",
+            )
+
+        self._evict_log(emit)
+
+    def _admit(self, info: PeerInfo) -> str | None:
+        """Before READY: take one of the ``max_connections`` slots, or say why there is none."""
+        if self._established >= self.settings.max_connections:  # logged with the handshake's failure
+            return (
+                f"this node has its maximum of {self.settings.max_connections} connections open "
+                "(--transport-max-connections); retry later"
+            )
+        self._established += 1
+        return None
 
     def _identity(self) -> LocalIdentity:
         return LocalIdentity(
@@ -263,14 +309,29 @@ class TcpTransport:
         self, conn: Connection, conn_seq: int, ready: Callable[[Link | BaseException], None] | None
     ) -> None:
         self._connections += 1
+        self._conns.add(conn)
         link: Link | None = None
+        slot = False  # holds one of the max_connections slots
+
+        def admit(info: PeerInfo) -> str | None:
+            nonlocal slot
+            refusal = self._admit(info)
+            slot = refusal is None
+            return refusal
+
         try:
+            if conn.closed:  # made room for a newer connection before it even started
+                return
             async with anyio.create_task_group() as tg:
                 conn.scope = tg.cancel_scope
                 tg.start_soon(conn.write_loop)
                 try:
                     info = await handshake(
-                        conn, self._identity(), conn_seq=conn_seq, within=self.settings.handshake_timeout
+                        conn,
+                        self._identity(),
+                        conn_seq=conn_seq,
+                        within=self.settings.handshake_timeout,
+                        admit=admit,
                     )
                 except (HandshakeError, ConnectionClosedError) as exc:
                     self._log_handshake_failure(conn, exc)
@@ -280,6 +341,7 @@ class TcpTransport:
                     await conn.close_gracefully()
                     tg.cancel_scope.cancel()
                     return
+                self._handshaking.release(conn)
                 conn.label = f"{info.node_id} ({conn.remote})"
                 link = Link(conn, info)
                 if not info.tool:
@@ -292,6 +354,10 @@ class TcpTransport:
                 tg.cancel_scope.cancel()
         finally:
             self._connections -= 1
+            self._conns.discard(conn)
+            self._handshaking.release(conn)
+            if slot:
+                self._established -= 1
             conn.closed = True
             conn.sock.close()
             if link is not None:

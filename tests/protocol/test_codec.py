@@ -45,6 +45,7 @@ u8, u16, u32 = (st.integers(0, 2**n - 1) for n in (8, 16, 32))
 u64 = st.integers(0, 2**64 - 1)
 i32 = st.integers(-(2**31), 2**31 - 1)
 f32 = st.floats(width=32, allow_nan=False)
+finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 values = st.recursive(
     st.none()
     | st.booleans()
@@ -65,6 +66,9 @@ sampling = st.builds(
     u32,
     u8,
     st.lists(i32, max_size=4).map(tuple),
+    st.just(0.0) | finite32,
+    st.just(0.0) | finite32,
+    st.lists(st.tuples(st.integers(0, 2**31 - 1), finite32), max_size=4).map(tuple),
 )
 ctx = st.builds(
     RequestContext,

@@ -39,6 +39,21 @@ CTX = RequestContext(
     ),
 )
 REQ = Envelope("api", "n1", corr=7, wants_reply=True)
+#: the context with OpenAI's penalties and a logit bias (sampling flags 0x02 and 0x04)
+CTX_PENALTIES = RequestContext(
+    "r2",
+    "api",
+    "smollm2-135m",
+    (Stage("n1", 0, 29),),
+    SamplingParams(
+        temperature=0.0,
+        max_tokens=16,
+        stop_token_ids=(2,),
+        presence_penalty=0.5,
+        frequency_penalty=1.25,
+        logit_bias=((9690, -100.0), (17, 2.5)),
+    ),
+)
 
 VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     "hello": (
@@ -54,6 +69,7 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
         ),
         None,
     ),
+    "hello_anonymous": (Hello("", dialer=True, auth=True), None),
     "auth_challenge": (AuthChallenge(bytes(range(32))), None),
     "auth_response": (AuthResponse(bytes(range(32, 64))), None),
     "ready": (Ready(), None),
@@ -62,6 +78,7 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     "pong": (Pong(1), Envelope("b", "a", corr=1, reply=True)),
     "error": (Error(ErrorCode.AUTH_FAILED, "bad key", "r1"), Envelope("b", "a", corr=5, reply=True)),
     "prompt": (Prompt(CTX, (1, 9690, 2), position=0), REQ),
+    "prompt_penalties": (Prompt(CTX_PENALTIES, (1, 9690), position=0), REQ),
     "tensor": (
         TensorMessage(CTX, 3, 17, Tensor("float32", (1, 2), bytes.fromhex("0000803f00000040"), "<")),
         Envelope("n1", "n2", ttl=8),
@@ -77,9 +94,10 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
 #: The "ping" vector's payload cut into FRAGMENT frames of at most 16 data bytes, stream id 1.
 FRAGMENTED = ("ping", 1, 16)
 #: Inputs of the "auth_mac" vector: key, challenger nonce, responder nonce, responder HELLO payload (the
-#: "hello" vector's), challenger HELLO payload (HELLO "n2" with defaults).
+#: "hello_anonymous" vector's: the dialer's first HELLO), challenger HELLO payload (the acceptor's anonymous
+#: HELLO, no flag but auth).
 AUTH_KEY = b"cluster-key"
-CHALLENGER_HELLO = Hello("n2", auth=True)
+CHALLENGER_HELLO = Hello("", auth=True)
 
 
 def extra_vectors() -> dict[str, bytes]:
@@ -92,7 +110,7 @@ def extra_vectors() -> dict[str, bytes]:
     frags = b"".join(
         b"".join(bytes(p) for p in parts) for parts in fragments(enc.type, enc.payload_parts(), stream, size)
     )
-    responder = encode_bytes(*VECTORS["hello"])[HEADER_SIZE:]
+    responder = encode_bytes(*VECTORS["hello_anonymous"])[HEADER_SIZE:]
     challenger = encode_bytes(CHALLENGER_HELLO)[HEADER_SIZE:]
     mac = auth_mac(AUTH_KEY, bytes(range(32)), bytes(range(32, 64)), responder, challenger)
     return {"fragmented_ping": frags, "auth_mac": mac}

@@ -71,3 +71,35 @@ class Events:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux ``/proc``)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def accepted_sockets(port: int) -> int:
+    """Connected TCP sockets of this process on local port ``port`` (Linux ``/proc``): what a node holds."""
+    import os
+
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                listening = fields[3] == "0A"
+                if not listening and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                    n += 1
+    return n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import anyio
 import numpy as np
@@ -27,7 +28,7 @@ from exo_core.protocol import (
 from exo_core.transport.ping import ping
 from exo_core.transport.types import Incoming
 
-from .conftest import make, running, wait_until
+from .conftest import make, rss_bytes, running, wait_until
 
 HELLO = encode_bytes(Hello("evil", tool=True))
 
@@ -231,3 +232,50 @@ async def test_node_survives_10000_malformed_frames_over_100_connections(
 async def _echo(incoming: Incoming) -> TensorMessage:
     assert isinstance(incoming.message, TensorMessage)
     return incoming.message
+
+
+async def test_pre_auth_memory_stays_small_on_a_keyed_node(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18's reproduction: 4 connections send a HELLO header declaring 250 MiB, then the bytes (up to
+    62 x 4 MiB each), to a node with a cluster key. Before, RSS grew by 1 GB; now each is refused at its
+    header (the handshake's 64 KiB cap; the rest is read into a small sink for at most a second while the
+    node closes the connection) and the node's memory stays where it was."""
+    caplog.set_level(logging.WARNING, "exo_core.transport")
+    b = make("b", key="k3y")
+    chunk = bytes(4 << 20)
+    async with running(b):
+        rss0 = peak = rss_bytes()
+
+        async def attack() -> None:
+            # a raw socket: the client's own copies (a stream's write buffer) must not count as the node's
+            with socket.create_connection(("127.0.0.1", b.port)) as sock:
+                sock.setblocking(False)
+                pieces = [MAGIC + b"\x01" + (250 << 20).to_bytes(4, "big"), *[chunk] * 62]
+                try:
+                    for piece in pieces:
+                        data = memoryview(piece)
+                        while data:
+                            try:
+                                data = data[sock.send(data[: 1 << 20]) :]
+                            except BlockingIOError:
+                                with anyio.fail_after(5):
+                                    await anyio.wait_writable(sock)
+                except OSError:
+                    pass  # the node closed the connection
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_bytes())
+                await anyio.sleep(0.01)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                async with anyio.create_task_group() as attackers:
+                    for _ in range(4):
+                        attackers.start_soon(attack)
+                tg.cancel_scope.cancel()
+        refusals = [r for r in caplog.records if "declares 262144000 bytes, limit is 65536" in r.getMessage()]
+        assert len(refusals) == 4
+        assert peak - rss0 < 16 << 20, f"RSS grew by {(peak - rss0) >> 20} MiB"
+        assert (await ping("127.0.0.1", b.port, cluster_key="k3y", count=1, timeout=2)).node_id == "b"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from exo_core.protocol import PROTOCOL_VERSION
 from exo_core.settings import CoreSettings
 from exo_core.testing import find_free_ports
 from exo_core.transport.ping import PingError, format_ping, ping, run_ping_cli
@@ -16,10 +17,10 @@ async def test_ping_reports_peer_and_rtts() -> None:
     b = make("node-b", key="k")
     async with running(b):
         result = await ping("127.0.0.1", b.port, cluster_key="k", count=3, timeout=2)
-        assert result.node_id == "node-b" and result.version == 1 and len(result.rtts_ms) == 3
+        assert result.node_id == "node-b" and result.version == PROTOCOL_VERSION and len(result.rtts_ms) == 3
         assert result.capabilities == {"memory": 1024, "chip": "test"}
         text = format_ping(result)
-        assert "node-b" in text and "protocol version 1" in text and "PING 3" in text
+        assert "node-b" in text and f"protocol version {PROTOCOL_VERSION}" in text and "PING 3" in text
         assert b.peers == {}  # a tool is not a peer
 
 
