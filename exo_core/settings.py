@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -69,6 +69,32 @@ class CoreSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="require 'Authorization: Bearer KEY' on the API's /v1/ routes"
     )
+    api_allowed_hosts: str = Field(
+        "",
+        description="Host names the API answers to besides loopback ones, comma-separated (name or "
+        "name:port; * for any), e.g. a reverse proxy's; bound to loopback, other Hosts get 403",
+    )
+    api_cors_origins: str = Field(
+        "",
+        description="browser origins allowed to call the API from their pages, comma-separated "
+        "(scheme://host[:port]; * for any); requests from other foreign origins get 403",
+    )
+    api_max_in_flight: int = Field(
+        8, ge=1, description="chat/completion requests this node's API serves at once (more wait in a queue)"
+    )
+    api_max_queued: int = Field(
+        32, ge=0, description="requests waiting for an API slot; beyond, 429 with Retry-After"
+    )
+    api_max_connections: int = Field(
+        512,
+        ge=1,
+        description="open HTTP connections at most; beyond, the oldest one still waiting for its request "
+        "is closed (503 when all are busy)",
+    )
+    api_header_timeout: float = Field(
+        10.0, gt=0, description="seconds an HTTP client gets to send a request's headers"
+    )
+    api_body_timeout: float = Field(30.0, gt=0, description="seconds an HTTP request body may take to arrive")
     compute_slots: int = Field(
         0,
         ge=0,
@@ -86,6 +112,19 @@ class CoreSettings(BaseSettings):
         default_factory=default_config_dir, description="where the persistent node id is kept"
     )
     log_level: LogLevel = Field("INFO", description="logging verbosity")
+
+    @field_validator("api_allowed_hosts", "api_cors_origins")
+    @classmethod
+    def _check_origin_lists(cls, value: str, info: ValidationInfo) -> str:
+        if value.strip():  # import the API only when it is configured: `exo --help` stays quick
+            from exo_core.api import origin
+
+            entries = origin.split_list(value)
+            if info.field_name == "api_allowed_hosts":
+                origin.parse_allowed_hosts(entries)
+            else:
+                origin.parse_cors_origins(entries)
+        return value
 
     def cluster_key_text(self) -> str | None:
         """The cluster key as plain text, or ``None`` when no key is set."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exo_core.api import formats
 from exo_core.api.backend import BackendError, ChatBackend
 from exo_core.api.errors import APIError, api_error_handler, http_exception_handler, internal_error_handler
+from exo_core.api.origin import OriginMiddleware, parse_allowed_hosts, parse_cors_origins
 from exo_core.api.routes import Limits, OpenAIRoutes
 
 log = logging.getLogger("exo_core.api")
@@ -44,6 +46,12 @@ def create_app(
     api_key: str | None = None,
     idle_timeout: float | None = 300.0,
     max_body_bytes: int = 8 * 1024 * 1024,
+    body_timeout: float | None = 30.0,
+    max_in_flight: int = 8,
+    max_queued: int = 32,
+    bind_host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
     """Build the HTTP app: the OpenAI-compatible API over ``backend`` and the web chat page at ``/``.
 
@@ -54,11 +62,32 @@ def create_app(
         idle_timeout: longest wait in seconds for the backend's next event (``None``: unbounded); past
             it the request is cancelled and fails with 504.
         max_body_bytes: largest accepted request body (413 beyond).
+        body_timeout: longest time in seconds a request body may take to arrive (408 beyond).
+        max_in_flight: generating requests served at once (:class:`~exo_core.api.admission.Admission`).
+        max_queued: requests waiting for a generation slot; beyond, 429 with ``Retry-After``.
+        bind_host: the address the server listens on: bound to loopback, requests must name a loopback
+            host (or one of ``allowed_hosts``) in ``Host`` (:mod:`exo_core.api.origin`).
+        allowed_hosts: further ``Host`` names accepted (``name`` or ``name:port``; ``*``: any), e.g. a
+            reverse proxy's; when given, the Host check applies whatever the bind address.
+        cors_origins: browser origins (``scheme://host[:port]``; ``*``: any) allowed to call the API
+            cross-origin, with CORS; other foreign origins get 403.
 
     Returns:
         A starlette app; serve it with :func:`exo_core.api.serve_api`.
+
+    Raises:
+        ValueError: an entry of ``allowed_hosts`` or ``cors_origins`` is malformed.
     """
-    openai = OpenAIRoutes(backend, Limits(idle_timeout=idle_timeout, max_body_bytes=max_body_bytes))
+    parse_allowed_hosts(allowed_hosts)  # fail here: starlette builds its middleware at the first request
+    parse_cors_origins(cors_origins)
+    limits = Limits(
+        idle_timeout=idle_timeout,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        max_in_flight=max_in_flight,
+        max_queued=max_queued,
+    )
+    openai = OpenAIRoutes(backend, limits)
     info = _InfoRoutes(backend)
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
@@ -70,7 +99,13 @@ def create_app(
         Route("/", _PageHeaders(_index_page), methods=["GET", "HEAD"]),
         Mount("/static", app=_PageHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),
     ]
-    middleware = [Middleware(NoTrailingSlash)]
+    # Origin checks and CORS preflights come before the API-key check: a preflight never carries the key.
+    middleware = [
+        Middleware(NoTrailingSlash),
+        Middleware(
+            OriginMiddleware, bind_host=bind_host, allowed_hosts=allowed_hosts, cors_origins=cors_origins
+        ),
+    ]
     if api_key:
         middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
     return Starlette(

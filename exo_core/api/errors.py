@@ -20,7 +20,10 @@ _TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    421: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -37,16 +40,24 @@ class APIError(Exception):
         message: what went wrong and what to do.
         code: machine-readable code (``error.code``), e.g. ``"model_not_found"``.
         param: the request field at fault (``error.param``).
+        headers: extra response headers (e.g. ``Retry-After`` of a 429).
     """
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.headers = dict(headers or {})
 
     @classmethod
     def from_backend(cls, exc: BackendError) -> APIError:
@@ -63,8 +74,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        """The HTTP response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        """The HTTP response (with :attr:`headers`, then ``headers``)."""
+        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **(headers or {})})
 
 
 def validation_error(exc: ValidationError) -> APIError:

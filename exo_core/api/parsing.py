@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
@@ -18,19 +19,41 @@ M = TypeVar("M", bound=BaseModel)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+async def read_json_object(
+    request: Request, max_bytes: int, body_timeout: float | None = None
+) -> dict[str, Any]:
     """The request body as a JSON object (any content type: ``curl -d`` sends form encoding).
 
+    Args:
+        request: the request.
+        max_bytes: largest accepted body.
+        body_timeout: seconds the whole body may take to arrive (``None``: unbounded).
+
     Raises:
-        APIError: 413 when the body exceeds ``max_bytes``; 400 when it is not a JSON object.
+        APIError: 413 when the body exceeds ``max_bytes``; 408 when it takes longer than ``body_timeout``;
+            400 when it is not a JSON object.
     """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise APIError(
+            413,
+            f"request body of {declared} bytes is larger than {max_bytes} bytes",
+            code="request_too_large",
+        )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise APIError(413, f"request body larger than {max_bytes} bytes", code="request_too_large")
-        chunks.append(chunk)
+    with anyio.move_on_after(body_timeout) as scope:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise APIError(413, f"request body larger than {max_bytes} bytes", code="request_too_large")
+            chunks.append(chunk)
+    if scope.cancelled_caught:
+        raise APIError(
+            408,
+            f"the request body did not arrive within {body_timeout:g} s ({size} bytes came)",
+            code="timeout",
+        )
     raw = b"".join(chunks)
     if not raw.strip():
         raise APIError(400, "empty request body: send a JSON object")

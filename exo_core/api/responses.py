@@ -47,12 +47,14 @@ class ResponseWriter:
         headers = [(b"content-type", content_type.encode()), (b"x-request-id", self._request_id.encode())]
         return headers + (extra or [])
 
-    async def json(self, status: int, body: Any) -> None:
-        """Send a complete JSON response."""
+    async def json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        """Send a complete JSON response (with extra ``headers``)."""
         data = dumps(body)
         self.started = True
-        headers = self._headers("application/json", [(b"content-length", str(len(data)).encode())])
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        extra = [(b"content-length", str(len(data)).encode())]
+        extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        headers_out = self._headers("application/json", extra)
+        await self._send({"type": "http.response.start", "status": status, "headers": headers_out})
         self.complete = True
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from exo_core.api import formats
+from exo_core.api.admission import Admission
 from exo_core.api.backend import ChatBackend
 from exo_core.api.errors import APIError
 from exo_core.api.formats import Envelope
@@ -35,10 +37,16 @@ class Limits:
     Attributes:
         idle_timeout: longest wait (s) for the backend's next event before the request fails with 504.
         max_body_bytes: largest accepted request body.
+        body_timeout: longest time (s) a request body may take to arrive (408 beyond).
+        max_in_flight: requests generating at once (:class:`~exo_core.api.admission.Admission`).
+        max_queued: requests waiting for a slot; beyond, 429 with ``Retry-After``.
     """
 
     idle_timeout: float | None = 300.0
     max_body_bytes: int = 8 * 1024 * 1024
+    body_timeout: float | None = 30.0
+    max_in_flight: int = 8
+    max_queued: int = 32
 
 
 class OpenAIRoutes:
@@ -47,6 +55,19 @@ class OpenAIRoutes:
     def __init__(self, backend: ChatBackend, limits: Limits) -> None:
         self._backend = backend
         self._limits = limits
+        self.admission = Admission(limits.max_in_flight, limits.max_queued)
+
+    async def _admitted(
+        self, writer: ResponseWriter, request_id: str, run: Callable[[], Awaitable[None]]
+    ) -> None:
+        """``run()`` inside an admission slot; a 429 when the node is full."""
+        try:
+            async with self.admission.slot(request_id):
+                await run()
+        except APIError as exc:
+            if writer.started:
+                raise
+            await _error_response(writer, request_id, exc)
 
     def _generation(
         self,
@@ -71,14 +92,14 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions``."""
-        body = await read_json_object(request, self._limits.max_body_bytes)
+        body = await read_json_object(request, self._limits.max_body_bytes, self._limits.body_timeout)
         req = validate(ChatCompletionRequest, body)
         model = resolve_model(self._backend, req.model)
         request_id = uuid.uuid4().hex
         env = Envelope(id=f"chatcmpl-{request_id}", created=int(time.time()), model=model)
         gen = self._generation(request_id, model, chat=req, completion=None)
 
-        async def produce(writer: ResponseWriter) -> None:
+        async def run(writer: ResponseWriter) -> None:
             async with gen:
                 try:
                     await gen.start()
@@ -90,18 +111,21 @@ class OpenAIRoutes:
                 else:
                     await _complete_chat(writer, gen, env, req)
 
+        async def produce(writer: ResponseWriter) -> None:
+            await self._admitted(writer, request_id, lambda: run(writer))
+
         return GenerationResponse(produce, request_id)
 
     async def completions(self, request: Request) -> Response:
         """``POST /v1/completions`` (raw prompt)."""
-        body = await read_json_object(request, self._limits.max_body_bytes)
+        body = await read_json_object(request, self._limits.max_body_bytes, self._limits.body_timeout)
         req = validate(CompletionRequest, body)
         model = resolve_model(self._backend, req.model)
         request_id = uuid.uuid4().hex
         env = Envelope(id=f"cmpl-{request_id}", created=int(time.time()), model=model)
         gen = self._generation(request_id, model, chat=None, completion=req)
 
-        async def produce(writer: ResponseWriter) -> None:
+        async def run(writer: ResponseWriter) -> None:
             async with gen:
                 try:
                     await gen.start()
@@ -110,13 +134,16 @@ class OpenAIRoutes:
                     return
                 await _run_completion(writer, gen, env, req)
 
+        async def produce(writer: ResponseWriter) -> None:
+            await self._admitted(writer, request_id, lambda: run(writer))
+
         return GenerationResponse(produce, request_id)
 
 
 async def _error_response(writer: ResponseWriter, request_id: str, exc: APIError) -> None:
     level = logging.WARNING if exc.status < 500 else logging.ERROR
     log.log(level, "request %s -> %d %s", request_id, exc.status, exc.message)
-    await writer.json(exc.status, exc.body())
+    await writer.json(exc.status, exc.body(), exc.headers)
 
 
 async def _stream_error(writer: ResponseWriter, request_id: str, exc: APIError) -> None:

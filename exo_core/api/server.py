@@ -13,6 +13,8 @@ import uvicorn
 from anyio.abc import TaskStatus
 from starlette.types import ASGIApp
 
+from exo_core.api.http_guard import ConnectionLimits, guarded_protocol
+
 log = logging.getLogger("exo_core.api")
 
 
@@ -69,6 +71,7 @@ async def serve_api(
     port: int,
     *,
     shutdown_timeout: float = 3.0,
+    limits: ConnectionLimits | None = None,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` over HTTP until cancelled.
@@ -83,6 +86,8 @@ async def serve_api(
         host: address to bind (``"0.0.0.0"``, ``"127.0.0.1"``, ``"::"``).
         port: port to bind; 0 for any free port.
         shutdown_timeout: seconds open requests get to finish when stopping.
+        limits: header timeout and connection cap (:class:`~exo_core.api.http_guard.ConnectionLimits`;
+            ``None``: its defaults).
         task_status: reports the bound port.
 
     Raises:
@@ -94,6 +99,7 @@ async def serve_api(
     grace = max(1, math.ceil(shutdown_timeout))  # uvicorn takes whole seconds
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits or ConnectionLimits()),
         lifespan="off",
         log_config=None,
         access_log=False,

@@ -7,6 +7,7 @@ API (so the first request already sees the cluster discovery found so far).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,11 +180,31 @@ class Node:
                 await tg.start(self.discovery.run, _Sink(self.transport))
             if api:
                 from exo_core.api import create_app, serve_api
+                from exo_core.api.http_guard import ConnectionLimits
+                from exo_core.api.origin import split_list
 
                 key = self.core.api_key.get_secret_value() if self.core.api_key else None
-                app = create_app(self.backend, api_key=key)
+                app = create_app(
+                    self.backend,
+                    api_key=key,
+                    body_timeout=self.core.api_body_timeout,
+                    max_in_flight=self.core.api_max_in_flight,
+                    max_queued=self.core.api_max_queued,
+                    bind_host=self.core.chatgpt_api_host,
+                    allowed_hosts=split_list(self.core.api_allowed_hosts),
+                    cors_origins=split_list(self.core.api_cors_origins),
+                )
                 self.api_port = await tg.start(
-                    serve_api, app, self.core.chatgpt_api_host, self.core.chatgpt_api_port
+                    functools.partial(
+                        serve_api,
+                        limits=ConnectionLimits(
+                            header_timeout=self.core.api_header_timeout,
+                            max_connections=self.core.api_max_connections,
+                        ),
+                    ),
+                    app,
+                    self.core.chatgpt_api_host,
+                    self.core.chatgpt_api_port,
                 )
             log.info("node %s ready (transport port %d)", self.node_id, self.transport.port)
             self.started.set()

@@ -131,7 +131,8 @@ async def test_client_disconnect_without_streaming_cancels_the_backend(
     port = int(api_url.rsplit(":", 1)[1])
     with anyio.fail_after(10):
         async with await anyio.connect_tcp("127.0.0.1", port) as sock:
-            head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+            head = "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            head += f"content-length: {len(body)}\r\n\r\n"
             await sock.send(head.encode() + body)
             call = await backend.first_call()
             await call.wait_yielded(3)
