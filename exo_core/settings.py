@@ -105,6 +105,12 @@ class CoreSettings(BaseSettings):
         120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
     )
     token_timeout: float = Field(30.0, gt=0, description="seconds a request waits for each later token")
+    failover_retries: int = Field(
+        2,
+        ge=0,
+        description="times a request moves to a new plan when a node of its plan is lost, resuming where "
+        "it was (0: fail at once)",
+    )
     cluster_key: SecretStr | None = Field(
         None, description="shared secret: peers must prove they know it (HMAC challenge-response)"
     )

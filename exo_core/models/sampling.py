@@ -98,6 +98,19 @@ def _check_ids(ids: np.ndarray, vocab: int, what: str) -> None:
         raise ValueError(f"{what} token id {int(bad[0])} is out of range (the model has {vocab} logits)")
 
 
+def draws_per_token(temperature: float, top_k: int) -> int:
+    """How many values :func:`sample` takes from its generator per token: none when greedy, else one."""
+    return 0 if temperature == 0.0 or top_k == 1 else 1
+
+
+def skip_tokens(rng: np.random.Generator, tokens: int, temperature: float, top_k: int) -> None:
+    """Move ``rng`` past the draws of ``tokens`` calls of :func:`sample`, as if it had sampled them
+    (a request resumed on a new plan continues the random sequence where the lost plan left it)."""
+    n = tokens * draws_per_token(temperature, top_k)
+    if n:
+        rng.random(n)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, computed in float64, returned as float32."""
     x = np.asarray(logits, dtype=np.float64)

@@ -4,12 +4,22 @@
 nodes, sends ``PROMPT`` to the first stage and turns the ``TOKEN`` s that come back into text. It ends the
 request with ``FINISH`` to every node of the plan, whether it finished, failed, timed out or was closed
 early by the API (stop string, client gone).
+
+**Failover**: when a node of the plan is lost (its connections are gone, it froze past the keepalive
+timeout, or it reported an ERROR for the request), the request moves to a new plan over the nodes that
+remain, at most ``failover_retries`` times: the prompt of the replay is the prompt plus every token the
+client already got, and the wire's ``resumed`` field lets the last stage continue the penalties and the
+seeded random sequence, so the client sees one stream with no token lost or repeated. Only when no plan
+fits, or the retries are used up, does the request fail, with 503 ``node_lost`` naming the lost nodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from typing import Any
 
 import anyio
@@ -37,6 +47,10 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, RoutedMessage], Awaitable[None]]
 MAX_WIRE_TOKENS = 2**32 - 1
+#: seconds a failover waits for the cluster view to tell which node of the failed plan is gone
+LOSS_GRACE = 1.0
+#: failovers remembered for ``/v1/topology``
+RECENT_EVENTS = 32
 
 
 def checked_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int) -> tuple[tuple[int, float], ...]:
@@ -88,6 +102,7 @@ class NodeBackend:
         token_timeout: float = 30.0,
         engine_name: str = "",
         shards: Callable[[], list[dict[str, object]]] | None = None,
+        failover_retries: int = 2,
     ) -> None:
         self.cluster = cluster
         self.catalog = catalog
@@ -98,6 +113,9 @@ class NodeBackend:
         self.token_timeout = token_timeout
         self.engine_name = engine_name
         self._shards = shards
+        self.failover_retries = failover_retries
+        #: the latest failovers, shown by ``/v1/topology`` as ``recent_events``
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._last_plan: tuple[str, int, Plan] | None = None
 
     # ---- cheap reads -----------------------------------------------------------------------------------
@@ -160,6 +178,7 @@ class NodeBackend:
         }
         if self._shards is not None:
             out["loaded_shards"] = self._shards()
+        out["recent_events"] = list(self.recent_events)
         return out
 
     # ---- generation ------------------------------------------------------------------------------------
@@ -202,11 +221,13 @@ class NodeBackend:
             )
         return loaded, ids
 
-    def plan(self, model: str, n_layers: int, head_layers: int = 0) -> Plan:
+    def plan(self, model: str, n_layers: int, head_layers: int = 0, exclude: Set[str] = frozenset()) -> Plan:
         """The partitioner's plan for ``n_layers`` layers and an output head worth ``head_layers`` layers,
-        the head folded onto the last node (:func:`~exo_core.topology.partition.fold_head`)."""
+        the head folded onto the last node (:func:`~exo_core.topology.partition.fold_head`), over the
+        reachable nodes but those in ``exclude``."""
         try:
-            nodes, edges = self.cluster.resources(), self.cluster.edges()
+            nodes = [n for n in self.cluster.resources() if n.node_id not in exclude]
+            edges = frozenset(e for e in self.cluster.edges() if not e & exclude)
             units = self.partitioner.plan(nodes, edges, n_layers + head_layers)
         except NoCapacityError as exc:
             raise BackendError(503, "no_capacity", str(exc)) from exc
@@ -224,83 +245,179 @@ class NodeBackend:
         request_id: str,
     ) -> AsyncIterator[BackendEvent]:
         loaded, ids = await self._prepare(model, messages, prompt)
-        plan = self.plan(model, loaded.config.n_layers, loaded.head_layers)
+        n_layers, head_layers = loaded.config.n_layers, loaded.head_layers
+        plan = self.plan(model, n_layers, head_layers)
         room = loaded.config.context_length - len(ids)
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
-        ctx = wire.RequestContext(
-            request_id=request_id,
-            origin=self.cluster.self_id,
-            model_id=model,
-            plan=tuple(wire.Stage(e.node_id, e.first_layer, e.last_layer) for e in plan),
-            sampling=wire.SamplingParams(
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k or 0,
-                seed=params.seed,
-                max_tokens=max(1, max_tokens),
-                top_logprobs=params.top_logprobs,
-                stop_token_ids=loaded.tokenizer.eos_token_ids,
-                presence_penalty=params.presence_penalty,
-                frequency_penalty=params.frequency_penalty,
-                logit_bias=checked_logit_bias(params.logit_bias, loaded.config.vocab_size),
-            ),
+        max_tokens = max(1, max_tokens)
+        sampling = wire.SamplingParams(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k or 0,
+            seed=params.seed,
+            max_tokens=max_tokens,
+            top_logprobs=params.top_logprobs,
+            stop_token_ids=loaded.tokenizer.eos_token_ids,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            logit_bias=checked_logit_bias(params.logit_bias, loaded.config.vocab_size),
         )
-        nodes = frozenset(e.node_id for e in plan)
-        events = self.tracker.open(request_id, nodes)
-        log.info(
-            "request %s: %d prompt tokens, plan %s",
-            request_id,
-            len(ids),
-            " -> ".join(f"{e.node_id}[{e.first_layer}..{e.last_layer}]" for e in plan),
-        )
-        reason = "cancelled"
-        try:
-            yield Started(prompt_tokens=len(ids))
+        tokenizer = loaded.tokenizer
+        detok = tokenizer.detokenizer()
+        emitted: list[int] = []  # every token the client got, in order: a replay resumes after them
+        excluded: set[str] = set()
+        attempt = 0
+        yield Started(prompt_tokens=len(ids))
+        while True:
+            # each plan of the request runs under its own wire id, so steps of a lost plan still in
+            # flight can never be taken for steps of the new one
+            wire_id = request_id if attempt == 0 else f"{request_id}.{attempt}"
+            ctx = wire.RequestContext(
+                request_id=wire_id,
+                origin=self.cluster.self_id,
+                model_id=model,
+                plan=tuple(wire.Stage(e.node_id, e.first_layer, e.last_layer) for e in plan),
+                sampling=dataclasses.replace(
+                    sampling, max_tokens=max_tokens - len(emitted), resumed=tuple(emitted)
+                ),
+            )
+            nodes = frozenset(e.node_id for e in plan)
+            events = self.tracker.open(wire_id, nodes)
+            log.info(
+                "request %s: %d prompt tokens%s, plan %s",
+                wire_id,
+                len(ids),
+                f" + {len(emitted)} generated (resumed)" if emitted else "",
+                " -> ".join(f"{e.node_id}[{e.first_layer}..{e.last_layer}]" for e in plan),
+            )
+            reason = "cancelled"
+            failure: RequestFailed | None = None
             try:
-                await self._send(plan[0].node_id, wire.Prompt(ctx, tuple(ids)))
-            except (ExoError, OSError) as exc:
-                raise BackendError(
-                    502, "peer_unreachable", f"cannot reach node {plan[0].node_id}: {exc}"
-                ) from exc
-            detok = loaded.tokenizer.detokenizer()
-            tokenizer = loaded.tokenizer
-            timeout = self.request_timeout
-            while True:
-                event = None
-                with anyio.move_on_after(timeout):
-                    event = await events.receive()
-                if event is None:
-                    reason = "error"
-                    raise BackendError(
-                        504, "timeout", f"no token within {timeout:.0f} s (plan: {', '.join(sorted(nodes))})"
+                try:
+                    await self._send(plan[0].node_id, wire.Prompt(ctx, (*ids, *emitted)))
+                except (ExoError, OSError) as exc:
+                    failure = RequestFailed(f"cannot reach node {plan[0].node_id}: {exc}", plan[0].node_id)
+                timeout = self.request_timeout
+                while failure is None:
+                    event = None
+                    with anyio.move_on_after(timeout):
+                        event = await events.receive()
+                    if event is None:
+                        reason = "error"
+                        raise BackendError(
+                            504,
+                            "timeout",
+                            f"no token within {timeout:.0f} s (plan: {', '.join(sorted(nodes))})",
+                        )
+                    timeout = self.token_timeout
+                    if isinstance(event, RequestFailed):
+                        reason = "error"
+                        failure = event
+                        break
+                    if event.finished and event.finish_reason == "stop":
+                        reason = "stop"
+                        yield Finished("stop")
+                        return
+                    emitted.append(event.token_id)
+                    top = None
+                    if params.top_logprobs:
+                        top = [(tokenizer.decode([t]), lp) for t, lp in event.top_logprobs]
+                    yield TokenEvent(
+                        token_id=event.token_id,
+                        text=detok.add(event.token_id),
+                        logprob=event.logprob if params.logprobs else None,
+                        top_logprobs=top,
                     )
-                timeout = self.token_timeout
-                if isinstance(event, RequestFailed):
-                    reason = "error"
-                    raise BackendError(502, "node_failed", event.message)
-                if event.finished and event.finish_reason == "stop":
-                    reason = "stop"
-                    yield Finished("stop")
-                    return
-                top = None
-                if params.top_logprobs:
-                    top = [(tokenizer.decode([t]), lp) for t, lp in event.top_logprobs]
-                yield TokenEvent(
-                    token_id=event.token_id,
-                    text=detok.add(event.token_id),
-                    logprob=event.logprob if params.logprobs else None,
-                    top_logprobs=top,
-                )
-                if event.finished:
-                    reason = "length"
-                    yield Finished("length")
-                    return
-        finally:
-            self.tracker.close(request_id)
-            events.close()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                for node in sorted(nodes):
-                    try:
-                        await self._send(node, wire.Finish(request_id, reason))
-                    except Exception as exc:
-                        log.debug("FINISH for %s to %s not delivered: %s", request_id, node, exc)
+                    if event.finished:
+                        reason = "length"
+                        yield Finished("length")
+                        return
+            finally:
+                self.tracker.close(wire_id)
+                events.close()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    for node in sorted(nodes):
+                        try:
+                            await self._send(node, wire.Finish(wire_id, reason))
+                        except Exception as exc:
+                            log.debug("FINISH for %s to %s not delivered: %s", wire_id, node, exc)
+            attempt += 1
+            plan = await self._failover(
+                request_id, model, (n_layers, head_layers), plan, failure, attempt, excluded
+            )
+
+    async def _failover(
+        self,
+        request_id: str,
+        model: str,
+        layers: tuple[int, int],
+        plan: Plan,
+        failure: RequestFailed,
+        attempt: int,
+        excluded: set[str],
+    ) -> Plan:
+        """The plan a request moves to after ``failure`` ended its ``attempt``-th plan; the lost nodes join
+        ``excluded`` (the nodes this request no longer uses).
+
+        Raises:
+            BackendError: 503 ``node_lost`` when the retries are used up or no plan fits without the lost
+                nodes (the message names them and says the request can be retried).
+        """
+        old = [e.node_id for e in plan]
+        lost = await self._lost_nodes(old, failure)
+        named = ", ".join(sorted(lost)) or "none"
+        if attempt > self.failover_retries:
+            self._note_event(request_id, "failover_gave_up", lost, failure.message)
+            raise BackendError(
+                503,
+                "node_lost",
+                f"{failure.message}; the request already moved to a new plan {attempt - 1} time(s) "
+                f"(--failover-retries {self.failover_retries}); retry it",
+            )
+        excluded.update(lost)
+        try:
+            new = self.plan(model, *layers, exclude=excluded)
+        except BackendError as exc:
+            self._note_event(request_id, "failover_no_plan", lost, failure.message)
+            raise BackendError(
+                503,
+                "node_lost",
+                f"{failure.message}; no plan fits without node(s) {', '.join(sorted(excluded))} "
+                f"({exc.message}); retry the request when they are back",
+            ) from None
+        self._note_event(request_id, "failover", lost, failure.message)
+        log.warning(
+            "request %s: %s; lost node(s) %s; moving it to plan %s (retry %d of %d)",
+            request_id,
+            failure.message,
+            named,
+            " -> ".join(f"{e.node_id}[{e.first_layer}..{e.last_layer}]" for e in new),
+            attempt,
+            self.failover_retries,
+        )
+        return new
+
+    async def _lost_nodes(self, old: list[str], failure: RequestFailed) -> set[str]:
+        """The nodes of a failed plan to leave out of the next one: those no longer reachable (waiting up
+        to :data:`LOSS_GRACE` s for the cluster view to notice), else the node that reported the failure."""
+        deadline = time.monotonic() + LOSS_GRACE
+        while True:
+            reachable = self.cluster.reachable()
+            lost = {n for n in old if n not in reachable}
+            if lost or time.monotonic() >= deadline:
+                break
+            await anyio.sleep(0.05)
+        if not lost and failure.node_id in old and failure.node_id != self.cluster.self_id:
+            lost = {failure.node_id}
+        return lost
+
+    def _note_event(self, request_id: str, kind: str, lost: set[str], reason: str) -> None:
+        self.recent_events.append(
+            {
+                "time": round(time.time(), 3),
+                "event": kind,
+                "request_id": request_id,
+                "lost_nodes": sorted(lost),
+                "reason": reason,
+            }
+        )

@@ -102,6 +102,7 @@ class Node:
             self.send,
             request_timeout=core.request_timeout,
             token_timeout=core.token_timeout,
+            failover_retries=core.failover_retries,
             engine_name=engine_name,
             shards=self.shards.describe,
         )

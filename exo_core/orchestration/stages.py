@@ -11,14 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import numpy as np
 
 from exo_core.engine import threads_per_pass
-from exo_core.models.sampling import adjust_logits, make_rng, sample, token_logprob, top_logprobs
+from exo_core.models.sampling import (
+    adjust_logits,
+    make_rng,
+    sample,
+    skip_tokens,
+    token_logprob,
+    top_logprobs,
+)
 from exo_core.models.source import load_config
 from exo_core.orchestration.batching import StepBatcher
 from exo_core.orchestration.catalog import Catalog
@@ -192,10 +199,12 @@ class StageRunner:
         rng = self._rngs.get(ctx.request_id)
         if rng is None:
             rng = self._rngs[ctx.request_id] = make_rng(params.seed)
+            # a replay after a failover: continue the random sequence where the lost plan left it
+            skip_tokens(rng, len(params.resumed), params.temperature, params.top_k)
         counts = None
         if params.presence_penalty or params.frequency_penalty:
-            if step == 0:  # the request's first token: a PROMPT (re)started it, nothing sampled yet
-                self._counts.pop(ctx.request_id, None)
+            if step == 0:  # the request's first token: a PROMPT (re)started it, nothing sampled here yet
+                self._counts[ctx.request_id] = dict(Counter(params.resumed))
             counts = self._counts.setdefault(ctx.request_id, {})
         logits = adjust_logits(
             logits, counts, params.presence_penalty, params.frequency_penalty, params.logit_bias

@@ -17,11 +17,13 @@ from exo_core.protocol.frame import FrameType
 from exo_core.protocol.tensor import Tensor, read_tensor, write_tensor_header
 
 MAX_PLAN: Final = 255
-#: sampling flags: a seed is set; penalties follow the stop ids; a logit bias follows (see docs/protocol.md)
+#: sampling flags: a seed is set; penalties follow the stop ids; a logit bias follows; the ids of tokens
+#: generated before a failover follow (see docs/protocol.md)
 SEED_SET: Final = 0x01
 PENALTIES_SET: Final = 0x02
 LOGIT_BIAS_SET: Final = 0x04
-_SAMPLING_FLAGS: Final = SEED_SET | PENALTIES_SET | LOGIT_BIAS_SET
+RESUMED_SET: Final = 0x08
+_SAMPLING_FLAGS: Final = SEED_SET | PENALTIES_SET | LOGIT_BIAS_SET | RESUMED_SET
 #: most ``logit_bias`` entries a context may carry (u16 count on the wire)
 MAX_LOGIT_BIAS: Final = 0xFFFF
 TOKEN_FINISHED: Final = 0x01
@@ -49,6 +51,11 @@ class SamplingParams:
     ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` (``(token id, bias)`` pairs) are OpenAI's
     (:func:`exo_core.models.sampling.adjust_logits`). They are written only when set (flags 0x02, 0x04), so
     a context that uses none of them encodes exactly as before they existed.
+
+    ``resumed`` (flag 0x08) holds the tokens a request had generated before its plan lost a node: the
+    prompt of the replay ends with them, and the last stage counts them for the penalties and moves the
+    seeded generator past their draws, so the continued stream is the one the lost plan would have made.
+    ``max_tokens`` then counts the tokens still to generate.
     """
 
     temperature: float = 0.0
@@ -61,6 +68,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    resumed: tuple[int, ...] = ()
 
     def write(self, w: Writer) -> None:
         penalties = self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
@@ -70,6 +78,7 @@ class SamplingParams:
             (SEED_SET if self.seed is not None else 0)
             | (PENALTIES_SET if penalties else 0)
             | (LOGIT_BIAS_SET if self.logit_bias else 0)
+            | (RESUMED_SET if self.resumed else 0)
         )
         w.pack(
             _SAMPLING,
@@ -90,6 +99,9 @@ class SamplingParams:
             w.u16(len(self.logit_bias))
             flat = (x for pair in self.logit_bias for x in pair)
             w.raw(struct.pack(f">{'if' * len(self.logit_bias)}", *flat))
+        if self.resumed:
+            w.u32(len(self.resumed))
+            w.raw(struct.pack(f">{len(self.resumed)}i", *self.resumed))
 
     @classmethod
     def read(cls, r: Reader) -> SamplingParams:
@@ -115,6 +127,12 @@ class SamplingParams:
                     raise ProtocolError(
                         ErrorCode.MALFORMED, f"logit_bias: bad entry (token {token}, bias {value})"
                     )
+        resumed: tuple[int, ...] = ()
+        if flags & RESUMED_SET:
+            k = r.count(r.u32("resumed count"), 4, "resumed")
+            resumed = r.unpack(struct.Struct(f">{k}i"), "resumed")
+            if any(t < 0 for t in resumed):
+                raise ProtocolError(ErrorCode.MALFORMED, "resumed: negative token id")
         return cls(
             temperature,
             top_p,
@@ -126,6 +144,7 @@ class SamplingParams:
             presence,
             frequency,
             bias,
+            resumed,
         )
 
 
@@ -234,6 +253,8 @@ def _ctx_end(mv: memoryview, pos: int) -> int:
             pos += _PENALTIES.size
         if flags & LOGIT_BIAS_SET:
             pos += 2 + 8 * ((mv[pos] << 8) | mv[pos + 1])
+        if flags & RESUMED_SET:
+            pos += 4 + 4 * int.from_bytes(mv[pos : pos + 4], "big")
     except IndexError:
         return -1
     return pos if pos <= len(mv) else -1

@@ -1,8 +1,8 @@
 """Real clusters of ``exo`` processes on loopback serving the default model.
 
 Greedy answers of 2- and 3-node rings must equal a single node's token for token, whichever node gets
-the HTTP request; concurrent streams must not cross; a killed node must end its streams with an explicit
-error within seconds while the survivor keeps serving.
+the HTTP request; concurrent streams must not cross; a killed node costs its streams nothing: they move to
+the survivor, which keeps serving (tests/integration/test_failover.py has the 3-node cases).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_eight_concurrent_streams_on_two_nodes(
     assert shards[0][1] - shards[0][0] > shards[-1][1] - shards[-1][0] + 4
 
 
-def test_killed_node_ends_stream_with_error_and_survivor_serves(
+def test_killed_node_costs_the_stream_nothing_and_the_survivor_serves_alone(
     exo_node: Start, tmp_path: Path, reference: dict[str, list[str]]
 ) -> None:
     local, remote = two_nodes(exo_node, tmp_path)
@@ -82,15 +82,12 @@ def test_killed_node_ends_stream_with_error_and_survivor_serves(
             remote.kill()
 
     started = time.monotonic()
-    text, error = stream(local, "Write a very long story about a dragon and a knight.", 2000, on_chunk)
+    _text, error = stream(local, "Write a very long story about a dragon and a knight.", 60, on_chunk)
     assert len(chunks) >= 5, "the stream ended before the node was killed"
-    assert error is not None, f"the stream ended without an error: {text!r}"
-    assert time.monotonic() - chunks[4] < 10, "the error took more than 10 s"
-    assert remote.node_id in error["message"]
+    assert error is None, f"the stream failed instead of moving to the survivor: {error}"
+    assert len(chunks) >= 60  # every token came (chunks also count the role and finish chunks)
     assert time.monotonic() - started < 120
-    # the survivor re-plans over itself and keeps serving
-    deadline = time.monotonic() + 10
-    while len(local.get("/v1/topology")["nodes"]) != 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # the survivor re-planned over itself and keeps serving
+    assert plan_nodes(local) == [local.node_id]
     assert greedy(local, PROMPTS[0]) == reference[PROMPTS[0]]
     assert plan_nodes(local) == [local.node_id]

@@ -12,6 +12,7 @@ from exo_core.models.sampling import (
     adjust_logits,
     make_rng,
     sample,
+    skip_tokens,
     token_logprob,
     top_logprobs,
 )
@@ -201,3 +202,25 @@ def test_out_of_range_ids_are_rejected() -> None:
         adjust_logits(LOGITS, None, 0, 0, [(-1, 1.0)])
     with pytest.raises(ValueError, match="sampled token id 9"):
         adjust_logits(LOGITS, {9: 1}, 1.0, 0.0)
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 0, 0.95), (1.3, 5, 1.0), (0.5, 0, 0.5)])
+def test_skip_tokens_continues_the_random_sequence_of_a_replay(
+    temperature: float, top_k: int, top_p: float
+) -> None:
+    """A replay after a failover skips the draws of the tokens already sent and samples what the lost plan
+    would have sampled next."""
+    rows = np.random.default_rng(3).normal(size=(12, 50)).astype(np.float32) * 3
+    whole = make_rng(1234)
+    undisturbed = [sample(r, temperature, top_p, top_k, whole) for r in rows]
+    for done in (0, 1, 7):
+        replay = make_rng(1234)
+        skip_tokens(replay, done, temperature, top_k)
+        assert [sample(r, temperature, top_p, top_k, replay) for r in rows[done:]] == undisturbed[done:]
+
+
+def test_skip_tokens_draws_nothing_when_greedy() -> None:
+    rng = make_rng(5)
+    skip_tokens(rng, 10, 0.0, 0)
+    skip_tokens(rng, 10, 0.9, 1)  # top_k 1 is greedy too
+    assert rng.random() == make_rng(5).random()

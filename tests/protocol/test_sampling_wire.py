@@ -103,7 +103,7 @@ def _prompt_payload(params: SamplingParams) -> bytearray:
 @pytest.mark.parametrize(
     ("params", "patch", "match"),
     [
-        (SamplingParams(), lambda b, at: b.__setitem__(at + FLAGS_AT, 0x08), "unknown flags 0x08"),
+        (SamplingParams(), lambda b, at: b.__setitem__(at + FLAGS_AT, 0x10), "unknown flags 0x10"),
         (
             SamplingParams(logit_bias=((5, 1.0),)),
             lambda b, at: b.__setitem__(slice(at + 30, at + 34), struct.pack(">i", -1)),

@@ -54,6 +54,14 @@ CTX_PENALTIES = RequestContext(
         logit_bias=((9690, -100.0), (17, 2.5)),
     ),
 )
+#: the replay of a request after a failover: the prompt ends with the 2 tokens generated before it (flag 0x08)
+CTX_RESUMED = RequestContext(
+    "r3.1",
+    "api",
+    "smollm2-135m",
+    (Stage("n1", 0, 29),),
+    SamplingParams(temperature=0.5, seed=42, max_tokens=14, stop_token_ids=(2,), resumed=(17, 42)),
+)
 
 VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     "hello": (
@@ -79,6 +87,7 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     "error": (Error(ErrorCode.AUTH_FAILED, "bad key", "r1"), Envelope("b", "a", corr=5, reply=True)),
     "prompt": (Prompt(CTX, (1, 9690, 2), position=0), REQ),
     "prompt_penalties": (Prompt(CTX_PENALTIES, (1, 9690), position=0), REQ),
+    "prompt_resumed": (Prompt(CTX_RESUMED, (1, 9690, 17, 42), position=0), REQ),
     "tensor": (
         TensorMessage(CTX, 3, 17, Tensor("float32", (1, 2), bytes.fromhex("0000803f00000040"), "<")),
         Envelope("n1", "n2", ttl=8),

@@ -1,0 +1,186 @@
+"""A stream survives the loss of a node: real ``exo`` processes on loopback, a 3-node ring.
+
+The API node re-plans over the nodes that remain and replays prompt + generated tokens; the client sees
+one stream, with every token once, equal to the undisturbed run (greedy, on the exact float32 path).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exo_core.nodeproc import NodeProcess, peers_file
+
+from .support import Start, no_peers, plan_nodes
+
+pytestmark = pytest.mark.timeout(400)
+
+PROMPT = "Write a long story about a lighthouse keeper and a storm."
+TOKENS = 200
+FLOAT32 = {"EXO_ENGINE_NUMPY_WEIGHTS": "float32"}
+
+
+def ring(exo_node: Start, tmp_path: Path, *extra: str) -> list[NodeProcess]:
+    """Node a (the API node, which knows b and c from peers.json), b and c."""
+    b = exo_node(*no_peers(tmp_path, "b"), env=FLOAT32)
+    c = exo_node(*no_peers(tmp_path, "c"), env=FLOAT32)
+    peers = peers_file(tmp_path / "peers.json", {"b": b.address, "c": c.address})
+    a = exo_node("--discovery-module", "manual", "--discovery-config-path", str(peers), *extra, env=FLOAT32)
+    for node in (a, b, c):
+        node.wait_for_nodes(3)
+    return [a, b, c]
+
+
+def run_stream(
+    node: NodeProcess, tokens: int = TOKENS, on_token: Any = None, **params: Any
+) -> tuple[list[str], str | None, dict[str, Any] | None]:
+    """A stream (greedy unless ``params`` say otherwise): (token texts, finish_reason, error event)."""
+    body = {
+        "model": "smollm2-135m",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "logprobs": True,
+        **params,
+    }
+    texts: list[str] = []
+    finish = None
+    for chunk in node.stream("/v1/chat/completions", body, timeout=300):
+        if "error" in chunk:
+            return texts, finish, chunk["error"]
+        for choice in chunk.get("choices", []):
+            for item in (choice.get("logprobs") or {}).get("content") or []:
+                texts.append(item["token"])
+                if on_token is not None:
+                    on_token(len(texts))
+            finish = choice.get("finish_reason") or finish
+    return texts, finish, None
+
+
+def victim(a: NodeProcess, nodes: list[NodeProcess], position: int) -> NodeProcess:
+    """The node at ``position`` of a's plan (a itself is never chosen)."""
+    order = plan_nodes(a)
+    by_id = {n.node_id: n for n in nodes}
+    candidates = [by_id[n] for n in order if n != a.node_id]
+    return candidates[min(position, len(candidates) - 1)]
+
+
+SEEDED = {"temperature": 0.8, "seed": 7, "frequency_penalty": 0.5, "presence_penalty": 0.3}
+
+
+@pytest.mark.parametrize(
+    ("which", "params"), [("middle", {}), ("last", {}), ("middle", SEEDED)], ids=["middle", "last", "seeded"]
+)
+def test_a_killed_node_costs_the_stream_nothing(
+    exo_node: Start, tmp_path: Path, which: str, params: dict[str, Any]
+) -> None:
+    """Greedy, and seeded sampling with penalties: the replay continues the random sequence and counts."""
+    nodes = ring(exo_node, tmp_path)
+    a = nodes[0]
+    undisturbed, finish, error = run_stream(a, **params)
+    assert error is None and finish == "length" and len(undisturbed) == TOKENS
+    assert len(plan_nodes(a)) == 3
+    target = victim(a, nodes, 0 if which == "middle" else 1)
+    killed_at: list[float] = []
+
+    def on_token(n: int) -> None:
+        if n == 20 and not killed_at:
+            target.kill()
+            killed_at.append(time.monotonic())
+
+    texts, finish, error = run_stream(a, on_token=on_token, **params)
+    assert killed_at, "the stream ended before the node was killed"
+    assert error is None, error
+    assert finish == "length"
+    assert texts == undisturbed  # nothing lost, nothing repeated, the same text
+    topology = a.get("/v1/topology")
+    events = [e for e in topology["recent_events"] if e["event"] == "failover"]
+    assert events and events[-1]["lost_nodes"] == [target.node_id]
+    assert target.node_id not in plan_nodes(a)
+
+
+def test_a_frozen_node_is_left_behind_and_rejoins(exo_node: Start, tmp_path: Path) -> None:
+    nodes = ring(exo_node, tmp_path)
+    a = nodes[0]
+    undisturbed, _, _ = run_stream(a)
+    target = victim(a, nodes, 0)
+    assert target.proc is not None
+    frozen_at: list[float] = []
+
+    def on_token(n: int) -> None:
+        if n == 20 and not frozen_at:
+            os.kill(target.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            frozen_at.append(time.monotonic())
+
+    try:
+        texts, finish, error = run_stream(a, on_token=on_token)
+        assert error is None, error
+        assert finish == "length" and texts == undisturbed
+        # a request sent while the node is still frozen is planned without it
+        t0 = time.monotonic()
+        fresh, finish, error = run_stream(a, tokens=5)
+        assert error is None and finish == "length" and len(fresh) == 5
+        assert time.monotonic() - t0 < 12.0
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - frozen_at[0])))
+    finally:
+        os.kill(target.proc.pid, signal.SIGCONT)
+    a.wait_for_nodes(3, timeout=40)  # it comes back and is planned again
+    deadline = time.monotonic() + 30
+    while len(plan_nodes_after_request(a)) != 3 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert len(plan_nodes(a)) == 3
+
+
+def plan_nodes_after_request(a: NodeProcess) -> list[str]:
+    run_stream(a, tokens=2)
+    return plan_nodes(a)
+
+
+def test_a_request_sent_while_a_node_is_frozen_completes(exo_node: Start, tmp_path: Path) -> None:
+    nodes = ring(exo_node, tmp_path)
+    a = nodes[0]
+    run_stream(a, tokens=2)  # loads every shard of the 3-node plan
+    target = victim(a, nodes, 0)
+    assert target.proc is not None
+    os.kill(target.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.0)
+        first: list[float] = []
+        t0 = time.monotonic()
+        texts, finish, error = run_stream(a, tokens=10, on_token=lambda n: first.append(time.monotonic()))
+        assert error is None, error
+        assert finish == "length" and len(texts) == 10
+        # keepalive (idle timeout 10 s) + 2 s, plus loading the shard the new plan needs
+        assert first[0] - t0 < 10.0 + 2.0 + 10.0
+    finally:
+        os.kill(target.proc.pid, signal.SIGCONT)
+
+
+def test_with_no_retries_left_the_client_gets_a_clear_503(exo_node: Start, tmp_path: Path) -> None:
+    nodes = ring(exo_node, tmp_path, "--failover-retries", "0")
+    a = nodes[0]
+    run_stream(a, tokens=2)  # makes and loads the 3-node plan
+    result: dict[str, Any] = {}
+    target = victim(a, nodes, 0)
+
+    def on_token(n: int) -> None:
+        if n == 5:
+            target.kill()
+
+    def go() -> None:
+        result["stream"] = run_stream(a, on_token=on_token)
+
+    t = threading.Thread(target=go)
+    t0 = time.monotonic()
+    t.start()
+    t.join(120)
+    _texts, _finish, error = result["stream"]
+    assert error is not None and error["code"] == "node_lost"
+    assert target.node_id in error["message"] and "retry" in error["message"]
+    assert time.monotonic() - t0 < 120
