@@ -105,6 +105,12 @@ class CoreSettings(BaseSettings):
         120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
     )
     token_timeout: float = Field(30.0, gt=0, description="seconds a request waits for each later token")
+    drain_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="on SIGTERM/SIGINT: seconds in-flight requests get to finish while new ones get 503 and "
+        "peers move their requests elsewhere (a second signal stops at once)",
+    )
     failover_retries: int = Field(
         2,
         ge=0,

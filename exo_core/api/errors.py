@@ -61,8 +61,9 @@ class APIError(Exception):
 
     @classmethod
     def from_backend(cls, exc: BackendError) -> APIError:
-        """The API error for a :class:`BackendError`."""
-        return cls(exc.status, exc.message, code=exc.code, param=exc.param)
+        """The API error for a :class:`BackendError` (a 503 says when to retry: ``Retry-After: 1``)."""
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return cls(exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
 
     @property
     def type(self) -> str:

@@ -114,6 +114,8 @@ class NodeBackend:
         self.engine_name = engine_name
         self._shards = shards
         self.failover_retries = failover_retries
+        #: set when the node is shutting down: new requests get 503 (see :meth:`Node.drain`)
+        self.draining = False
         #: the latest failovers, shown by ``/v1/topology`` as ``recent_events``
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._last_plan: tuple[str, int, Plan] | None = None
@@ -128,7 +130,7 @@ class NodeBackend:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok",
+            "status": "draining" if self.draining else "ok",
             "node_id": self.cluster.self_id,
             "peers": len(self.cluster.own.neighbors),
             "nodes": len(self.cluster.reachable()),
@@ -244,6 +246,12 @@ class NodeBackend:
         params: SamplingParams,
         request_id: str,
     ) -> AsyncIterator[BackendEvent]:
+        if self.draining:
+            raise BackendError(
+                503,
+                "draining",
+                f"node {self.cluster.self_id} is shutting down: send the request to another node, or retry",
+            )
         loaded, ids = await self._prepare(model, messages, prompt)
         n_layers, head_layers = loaded.config.n_layers, loaded.head_layers
         plan = self.plan(model, n_layers, head_layers)
@@ -398,12 +406,13 @@ class NodeBackend:
         return new
 
     async def _lost_nodes(self, old: list[str], failure: RequestFailed) -> set[str]:
-        """The nodes of a failed plan to leave out of the next one: those no longer reachable (waiting up
-        to :data:`LOSS_GRACE` s for the cluster view to notice), else the node that reported the failure."""
+        """The nodes of a failed plan to leave out of the next one: those no longer reachable or leaving
+        (waiting up to :data:`LOSS_GRACE` s for the cluster view to notice), else the node that reported
+        the failure."""
         deadline = time.monotonic() + LOSS_GRACE
         while True:
-            reachable = self.cluster.reachable()
-            lost = {n for n in old if n not in reachable}
+            usable = self.cluster.reachable() - (self.cluster.leaving() - {self.cluster.self_id})
+            lost = {n for n in old if n not in usable}
             if lost or time.monotonic() >= deadline:
                 break
             await anyio.sleep(0.05)

@@ -58,6 +58,10 @@ class Gossip:
         if self._on_change is not None:
             self._on_change()
 
+    def announce(self) -> None:
+        """This node's own record changed (e.g. it is leaving): send it to every peer now."""
+        self._changed()
+
     def on_peer_event(self, event: PeerEvent) -> None:
         """Transport peer listener: a direct connection came or went."""
         neighbors = [pid for pid, info in self.transport.peers.items() if not info.tool]

@@ -47,20 +47,38 @@ def build_node(cli: Cli, ns: argparse.Namespace, core: CoreSettings) -> Node:
     )
 
 
-async def _serve(node: Node) -> None:
+async def _serve(node: Node, drain_timeout: float) -> None:
+    """Run ``node`` until SIGINT/SIGTERM, then drain it (:meth:`Node.drain`) for up to ``drain_timeout``
+    seconds and stop; a second signal stops it at once."""
     async with anyio.create_task_group() as tg:
         await tg.start(node.run)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("%s received: stopping", signal.Signals(signum).name)
-                tg.cancel_scope.cancel()
+                log.info(
+                    "%s received: draining for up to %g s (a second signal stops at once)",
+                    signal.Signals(signum).name,
+                    drain_timeout,
+                )
                 break
+            async with anyio.create_task_group() as draining:
+
+                async def second_signal() -> None:
+                    async for signum in signals:
+                        log.info("%s received again: stopping now", signal.Signals(signum).name)
+                        draining.cancel_scope.cancel()
+                        return
+
+                draining.start_soon(second_signal)
+                await node.drain(drain_timeout)
+                draining.cancel_scope.cancel()
+        log.info("stopping")
+        tg.cancel_scope.cancel()
 
 
 def run_node(cli: Cli, ns: argparse.Namespace, core: CoreSettings) -> int:
-    """``exo``: serve until SIGINT/SIGTERM."""
+    """``exo``: serve until SIGINT/SIGTERM (then drain: see :func:`_serve`)."""
     node = build_node(cli, ns, core)
-    anyio.run(_serve, node)
+    anyio.run(_serve, node, core.drain_timeout)
     return 0
 
 

@@ -30,7 +30,7 @@ from exo_core.protocol.control import Error
 from exo_core.protocol.frame import FrameType
 from exo_core.protocol.inference import Finish, Prompt, TensorMessage, Token, Topology
 from exo_core.settings import CoreSettings
-from exo_core.topology.cluster import ClusterView
+from exo_core.topology.cluster import DRAINING, ClusterView
 from exo_core.topology.partition import Partitioner
 from exo_core.transport.tcp import TcpTransport
 from exo_core.transport.types import Incoming, PeerEvent
@@ -111,10 +111,40 @@ class Node:
         self.started = anyio.Event()
 
     def _on_cluster_change(self) -> None:
-        # a node several hops away that vanished shows up here (through gossip), not as a peer event
-        self.tracker.fail_unreachable(self.cluster.reachable())
+        # a node several hops away that vanished shows up here (through gossip), not as a peer event; a
+        # node leaving the cluster too (its requests move now, while it still serves them)
+        self.tracker.fail_unreachable(self.cluster.reachable(), self.cluster.leaving() - {self.node_id})
         self._cluster_changed.set()
         self._cluster_changed = anyio.Event()
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - the grace period is the point
+        """Leave the cluster gracefully: refuse new API requests (503), tell every node (the ``draining``
+        capability, gossiped at once) so they stop planning through this node and move the requests that use
+        it, then wait up to ``timeout`` seconds for this node's own API requests and for the stages it runs
+        for other nodes' requests to end. The caller then stops the node."""
+        self.backend.draining = True
+        if self.cluster.set_capability(DRAINING, True):
+            self.gossip.announce()
+        log.info(
+            "draining: %d API requests and %d requests' stages in flight; waiting up to %g s",
+            len(self.tracker),
+            self.stages.in_flight(),
+            timeout,
+        )
+        with anyio.move_on_after(timeout):
+            while True:  # polled: requests end on many paths (finish, failure, client gone, FINISH)
+                if not (len(self.tracker) or self.stages.in_flight()):
+                    break
+                await anyio.sleep(0.05)
+        if len(self.tracker) or self.stages.in_flight():
+            log.warning(
+                "drain timeout (%g s): stopping with %d API requests and %d requests' stages in flight",
+                timeout,
+                len(self.tracker),
+                self.stages.in_flight(),
+            )
+        else:
+            log.info("drained: nothing in flight")
 
     async def wait_for_nodes(self, n: int) -> None:
         """Wait until ``n`` nodes (this one included) are reachable; bound it with a cancel scope."""
@@ -198,6 +228,7 @@ class Node:
                 self.api_port = await tg.start(
                     functools.partial(
                         serve_api,
+                        shutdown_timeout=1.0,  # streams had their grace in drain()
                         limits=ConnectionLimits(
                             header_timeout=self.core.api_header_timeout,
                             max_connections=self.core.api_max_connections,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Set
 from dataclasses import dataclass
 
 import anyio
@@ -64,13 +65,19 @@ class RequestTracker:
     def error(self, msg: Error, sender: str) -> None:
         self._deliver(msg.request_id, RequestFailed(msg.message or msg.code_name, sender))
 
-    def fail_unreachable(self, reachable: set[str]) -> None:
-        """Fail requests whose plan uses a node no path of connections leads to any more."""
+    def fail_unreachable(self, reachable: Set[str], leaving: Set[str] = frozenset()) -> None:
+        """Fail requests whose plan uses a node no path of connections leads to any more, or one that is
+        leaving the cluster (its requests move to a new plan at once instead of being cut when it stops)."""
         for rid, entry in list(self._entries.items()):
             lost = sorted(entry.nodes - reachable)
             if lost:
                 message = f"node {lost[0]} of this request's plan went away (no connection leads to it)"
                 self._deliver(rid, RequestFailed(message, lost[0]))
+                continue
+            going = sorted(entry.nodes & leaving)
+            if going:
+                message = f"node {going[0]} of this request's plan is shutting down"
+                self._deliver(rid, RequestFailed(message, going[0]))
 
     def _deliver(self, request_id: str, event: Event) -> None:
         entry = self._entries.get(request_id)

@@ -89,6 +89,10 @@ class StageRunner:
         self._idle_timeout = idle_timeout
         self.batcher = StepBatcher(anyio.CapacityLimiter(slots or concurrent_forwards()))
 
+    def in_flight(self) -> int:
+        """Requests with a stage here that did not finish yet (what a draining node waits for)."""
+        return len(self._active)
+
     # ---- message entry points ------------------------------------------------------------------------
 
     async def on_prompt(self, msg: Prompt) -> None:

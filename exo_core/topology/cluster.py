@@ -17,6 +17,10 @@ from typing import Any
 
 from exo_core.topology.partition import NodeResources
 
+#: capability a node gossips as ``True`` once it is shutting down (SIGTERM): peers stop planning through it
+#: and move the requests that use it at once (docs/protocol.md, "Leaving the cluster")
+DRAINING = "draining"
+
 
 @dataclass(frozen=True)
 class NodeRecord:
@@ -102,6 +106,21 @@ class ClusterView:
         )
         return True
 
+    def set_capability(self, key: str, value: Any) -> bool:
+        """Set one of this node's own capabilities (gossiped with its record); returns whether it changed."""
+        if self.capabilities.get(key) == value:
+            return False
+        self.capabilities = {**self.capabilities, key: value}
+        own = self.own
+        self.records[self.self_id] = NodeRecord(
+            self.self_id, max(own.seq + 1, time.time_ns()), self.capabilities, own.neighbors, self.address
+        )
+        return True
+
+    def leaving(self) -> set[str]:
+        """Nodes that announced they are shutting down (capability ``draining``): no new plan uses them."""
+        return {n for n, rec in self.records.items() if rec.capabilities.get(DRAINING) is True}
+
     def merge(self, record: NodeRecord, now: float | None = None) -> bool:
         """Take a gossiped record if it is newer than what we know; returns whether it was taken."""
         if record.node_id == self.self_id:
@@ -175,9 +194,9 @@ class ClusterView:
         return None
 
     def resources(self) -> list[NodeResources]:
-        """Reachable nodes with their memory, for the partitioner."""
-        reachable = self.reachable()
-        return [NodeResources(n, self.records[n].memory_mb) for n in sorted(reachable) if n in self.records]
+        """Reachable nodes with their memory, for the partitioner (not those leaving)."""
+        usable = self.reachable() - self.leaving()
+        return [NodeResources(n, self.records[n].memory_mb) for n in sorted(usable) if n in self.records]
 
     def to_json(self) -> dict[str, Any]:
         reachable = self.reachable()

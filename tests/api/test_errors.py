@@ -9,7 +9,9 @@ import httpx
 import openai
 import pytest
 
-from .support import MODEL, FakeBackend, running_api
+from exo_core.api import BackendError
+
+from .support import MODEL, FakeBackend, Script, running_api
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -214,3 +216,13 @@ async def test_api_key() -> None:
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0, timeout=10) as sdk:
             with pytest.raises(openai.AuthenticationError):
                 await sdk.models.list()
+
+
+async def test_a_503_from_the_backend_says_when_to_retry() -> None:
+    refusal = BackendError(503, "draining", "node a is shutting down: send the request to another node")
+    backend = FakeBackend(lambda call: Script(tokens=[], error_before_start=refusal))
+    async with running_api(backend) as url, httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json={"messages": MSG})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "draining"

@@ -184,3 +184,58 @@ def test_with_no_retries_left_the_client_gets_a_clear_503(exo_node: Start, tmp_p
     assert error is not None and error["code"] == "node_lost"
     assert target.node_id in error["message"] and "retry" in error["message"]
     assert time.monotonic() - t0 < 120
+
+
+def test_sigterm_of_a_serving_peer_costs_the_stream_nothing(exo_node: Start, tmp_path: Path) -> None:
+    nodes = ring(exo_node, tmp_path)
+    a = nodes[0]
+    undisturbed, _, _ = run_stream(a)
+    target = victim(a, nodes, 0)
+    assert target.proc is not None
+    signalled: list[float] = []
+
+    def on_token(n: int) -> None:
+        if n == 20 and not signalled:
+            target.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            signalled.append(time.monotonic())
+
+    texts, finish, error = run_stream(a, on_token=on_token)
+    assert error is None, error
+    assert finish == "length" and texts == undisturbed
+    # the peer told the cluster it was leaving: its requests moved at once, then it exited on its own
+    assert target.proc.wait(timeout=15) == 0
+    assert time.monotonic() - signalled[0] < 12.0
+    events = [e for e in a.get("/v1/topology")["recent_events"] if e["event"] == "failover"]
+    assert events and "shutting down" in events[-1]["reason"]
+    assert events[-1]["lost_nodes"] == [target.node_id]
+
+
+def test_sigterm_of_the_api_node_finishes_its_streams_and_refuses_new_ones(
+    exo_node: Start, tmp_path: Path
+) -> None:
+    b = exo_node(*no_peers(tmp_path, "b"))
+    peers = peers_file(tmp_path / "peers.json", {"b": b.address})
+    a = exo_node("--discovery-module", "manual", "--discovery-config-path", str(peers))
+    a.wait_for_nodes(2)
+    assert a.proc is not None
+    run_stream(a, tokens=2)  # loads the shards
+    signalled: list[float] = []
+    refused: dict[str, Any] = {}
+
+    def on_token(n: int) -> None:
+        if n == 10 and not signalled:
+            a.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            signalled.append(time.monotonic())
+            time.sleep(0.3)
+            try:
+                a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            except Exception as exc:  # the node answers 503 while it drains
+                refused["error"] = str(exc)
+
+    texts, finish, error = run_stream(a, tokens=80, on_token=on_token)
+    assert signalled, "the stream ended before the signal"
+    assert error is None, error
+    assert finish == "length" and len(texts) == 80  # its own stream finished within the grace period
+    assert "503" in refused["error"] and "shutting down" in refused["error"]
+    assert a.proc.wait(timeout=15) == 0
+    assert time.monotonic() - signalled[0] < 12.0

@@ -63,3 +63,17 @@ async def test_error_and_close() -> None:
     tracker.close("r1")
     assert len(tracker) == 0
     tracker.token(token("r1", 1))  # after close: ignored, no error
+
+
+async def test_a_leaving_node_fails_the_requests_that_use_it_at_once() -> None:
+    tracker = RequestTracker()
+    with tracker.open("r1", frozenset({"a", "b"})) as uses_b, tracker.open("r2", frozenset({"a"})) as only_a:
+        tracker.fail_unreachable({"a", "b"}, leaving={"b"})
+        with anyio.fail_after(1):
+            event = await uses_b.receive()
+        assert isinstance(event, RequestFailed) and event.node_id == "b" and "shutting down" in event.message
+        with anyio.move_on_after(0.05):
+            await only_a.receive()
+            pytest.fail("a request that does not use the leaving node was failed")
+    tracker.close("r1")
+    tracker.close("r2")

@@ -98,6 +98,11 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
         Topology((NodeState("n1", 4, "10.0.0.2:50051", {"memory": 16384}, ("n2",)),)),
         Envelope("n1", ""),
     ),
+    # a node leaving the cluster (SIGTERM) says so in its own record: capability "draining" = true
+    "topology_leaving": (
+        Topology((NodeState("n2", 5, "10.0.0.3:50051", {"memory": 8192, "draining": True}, ("n1",)),)),
+        Envelope("n2", ""),
+    ),
 }
 
 #: The "ping" vector's payload cut into FRAGMENT frames of at most 16 data bytes, stream id 1.

@@ -80,3 +80,18 @@ def test_to_json_shape() -> None:
     assert out["self"] == "a"
     assert [n["node_id"] for n in out["nodes"]] == ["a", "b"]
     assert out["connections"] == [["a", "b"]]
+
+
+def test_a_leaving_node_is_gossiped_and_left_out_of_plans() -> None:
+    a, b, c = view("a", 100), view("b", 200), view("c", 300)
+    a.set_neighbors(["b", "c"])
+    b.set_neighbors(["a"])
+    c.set_neighbors(["a"])
+    gossip(a, b, c)
+    assert b.set_capability("draining", True)
+    assert not b.set_capability("draining", True)  # unchanged: no new record
+    gossip(a, b, c)
+    for v in (a, b, c):
+        assert v.leaving() == {"b"}
+        assert "b" in v.reachable()  # still connected: it finishes what it serves
+        assert {r.node_id for r in v.resources()} == {"a", "c"}
