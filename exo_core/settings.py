@@ -101,6 +101,12 @@ class CoreSettings(BaseSettings):
         description="forward passes this node runs at once (0: CPU cores / BLAS threads); several nodes on "
         "one machine: give each cores/nodes",
     )
+    prefill_chunk: int = Field(
+        512,
+        ge=1,
+        description="prompts longer than this many tokens are processed in chunks of it: other requests run "
+        "between chunks, and a cancelled request stops at the next one",
+    )
     request_timeout: float = Field(
         120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
     )

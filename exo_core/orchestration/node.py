@@ -93,7 +93,14 @@ class Node:
         self.gossip = Gossip(
             self.cluster, transport, interval=gossip_interval, on_change=self._on_cluster_change
         )
-        self.stages = StageRunner(node_id, self.shards, self.catalog, self.send, slots=core.compute_slots)
+        self.stages = StageRunner(
+            node_id,
+            self.shards,
+            self.catalog,
+            self.send,
+            slots=core.compute_slots,
+            prefill_chunk=core.prefill_chunk,
+        )
         self.backend = NodeBackend(
             self.cluster,
             self.catalog,

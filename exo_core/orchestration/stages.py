@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import anyio
 import numpy as np
 
-from exo_core.engine import threads_per_pass
+from exo_core.engine import InferenceEngine, threads_per_pass
 from exo_core.models.sampling import (
     adjust_logits,
     make_rng,
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 FINISHED_REMEMBERED = 4096
 
 Send = Callable[[str, RoutedMessage], Awaitable[None]]
+#: default chunk of a long prompt's prefill, in positions (``--prefill-chunk``)
+PREFILL_CHUNK = 512
 
 
 def concurrent_forwards(env: Mapping[str, str] | None = None, cores: int | None = None) -> int:
@@ -64,6 +66,7 @@ class StageRunner:
     Args:
         slots: forward passes run at once (``--compute-slots``); 0 picks :func:`concurrent_forwards`.
         idle_timeout: seconds without a message after which a request's caches are freed.
+        prefill_chunk: prompts longer than this many positions are run in chunks of it (``_prefill``).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class StageRunner:
         *,
         idle_timeout: float = 600.0,
         slots: int = 0,
+        prefill_chunk: int = PREFILL_CHUNK,
     ) -> None:
         self.self_id = self_id
         self._shards = shards
@@ -87,6 +91,9 @@ class StageRunner:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._context_length: dict[str, int] = {}
         self._idle_timeout = idle_timeout
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self._prefill_chunk = prefill_chunk
         self.batcher = StepBatcher(anyio.CapacityLimiter(slots or concurrent_forwards()))
 
     def in_flight(self) -> int:
@@ -184,8 +191,12 @@ class StageRunner:
         cached = engine.position(rid)
         if cached != position:
             raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")
-        out = await self.batcher.forward(engine, rid, x, comes_back=len(ctx.plan) == 1)
-        if rid not in self._active:  # finished or cancelled while this step waited or ran
+        is_last = index + 1 == len(ctx.plan)
+        if len(x) > self._prefill_chunk:
+            out = await self._prefill(engine, rid, x, is_last)
+        else:
+            out = await self.batcher.forward(engine, rid, x, comes_back=len(ctx.plan) == 1)
+        if out is None or rid not in self._active:  # finished or cancelled while this step waited or ran
             await self._shards.free(rid)  # the step may have made a fresh cache for it
             return
         if index + 1 < len(ctx.plan):
@@ -196,6 +207,26 @@ class StageRunner:
         targets = dict.fromkeys([ctx.origin] + ([] if token.finished else [ctx.plan[0].node_id]))
         for target in targets:
             await self._send(target, token)
+
+    async def _prefill(
+        self, engine: InferenceEngine, rid: str, x: np.ndarray, is_last: bool
+    ) -> np.ndarray | None:
+        """A long prompt in chunks of ``prefill_chunk`` positions, each in its own compute slot: other
+        requests' steps run between chunks (one long prompt does not hold a slot for seconds), and a request
+        finished meanwhile (client gone, failover) stops at the next chunk (``None``)."""
+        outs = []
+        for start in range(0, len(x), self._prefill_chunk):
+            if rid not in self._active:
+                log.info(
+                    "request %s finished during its prefill: stopped after %d of %d positions",
+                    rid,
+                    start,
+                    len(x),
+                )
+                return None
+            outs.append(await self.batcher.forward(engine, rid, x[start : start + self._prefill_chunk]))
+        # the last stage returns the logits of a chunk's last position: the prompt's last chunk has the ones
+        return outs[-1] if is_last else np.concatenate(outs, axis=0)
 
     async def _sample(self, ctx: RequestContext, logits: np.ndarray, step: int, position: int) -> Token:
         # Lone and batched steps both come through here: the batcher only runs the forward passes.

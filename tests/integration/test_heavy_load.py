@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .support import Start, stream, two_nodes
+from exo_core.nodeproc import NodeProcess
+
+from .support import Start, no_peers, stream, two_nodes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,3 +63,35 @@ def test_an_8_mb_prompt_is_refused_at_once_and_stalls_no_one(exo_node: Start, tm
     assert health and max(health) < 1.0
     text, stream_error = result["stream"]  # type: ignore[misc]
     assert stream_error is None and text
+
+
+def first_token_s(node: NodeProcess) -> float:
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, "temperature": 0}
+    t0 = time.monotonic()
+    for chunk in node.stream("/v1/chat/completions", body, timeout=60):
+        if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+            return time.monotonic() - t0  # the first token (the first chunk only says the role)
+    raise AssertionError("no token came")
+
+
+def test_a_client_that_gives_up_frees_the_prefill_it_started(exo_node: Start, tmp_path: Path) -> None:
+    # one compute slot: a prefill left running would hold it, and the next request would wait for it all
+    node = exo_node(*no_peers(tmp_path, "solo"), "--compute-slots", "1", "--prefill-chunk", "256")
+    first_token_s(node)  # loads the model
+    baseline = min(first_token_s(node) for _ in range(3))
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "tell me about " * 1500}], "max_tokens": 50}
+    ).encode()  # ~4,500 tokens: seconds of prefill, in chunks of 256
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", node.api_port), timeout=10) as s:
+        s.sendall(head + body)
+        time.sleep(0.7)  # the prefill is under way; the (non-streaming) client gives up
+    after = first_token_s(node)
+    assert after < baseline + 1.0, f"first token {after:.2f} s after the cancel, {baseline:.2f} s before"
+    deadline = time.monotonic() + 10
+    while "finished during its prefill" not in node.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the prefill was not stopped"
+        time.sleep(0.1)

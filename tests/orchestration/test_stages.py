@@ -122,3 +122,60 @@ async def test_a_finish_during_the_shard_lookup_drops_the_step(caplog: pytest.Lo
             proceed.set()
     assert engine.caches == {} and len(sent) == 1  # only the prompt's hidden states; no ERROR
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class ChunkEngine(Engine):
+    """Records the size of every forward call; each call waits for its own go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.go = anyio.Event()
+
+    async def forward(self, request_id: str, x: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
+        self.calls.append(len(x))
+        await self.go.wait()
+        self.go = anyio.Event()
+        start = self.caches.get(request_id, 0)
+        self.caches[request_id] = start + len(x)
+        return np.arange(start, start + len(x), dtype=np.float32)[:, None] * np.ones((1, 8), np.float32)
+
+
+def _chunk_runner(engine: ChunkEngine) -> tuple[StageRunner, list[tuple[str, RoutedMessage]]]:
+    sent: list[tuple[str, RoutedMessage]] = []
+
+    async def send(node: str, msg: RoutedMessage) -> None:
+        sent.append((node, msg))
+
+    runner = StageRunner("a", Shards(engine), Catalog("m", None), send, prefill_chunk=4)  # type: ignore[arg-type]
+    return runner, sent
+
+
+async def test_a_long_prompt_runs_in_chunks_and_goes_on_as_one_tensor() -> None:
+    engine = ChunkEngine()
+    runner, sent = _chunk_runner(engine)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.on_prompt, Prompt(CTX, tuple(range(10))))
+            while len(sent) == 0:
+                await anyio.sleep(0.005)
+                engine.go.set()
+    assert engine.calls == [4, 4, 2]
+    ((node, msg),) = sent
+    assert node == "b" and isinstance(msg, TensorMessage)
+    rows = msg.tensor.to_numpy()
+    assert rows.shape == (10, 8) and list(rows[:, 0]) == list(range(10))  # every position, in order
+
+
+async def test_a_request_finished_during_its_prefill_stops_at_the_next_chunk() -> None:
+    engine = ChunkEngine()
+    runner, sent = _chunk_runner(engine)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.on_prompt, Prompt(CTX, tuple(range(10))))
+            await anyio.sleep(0.05)  # the first chunk is in its forward
+            assert engine.calls == [4]
+            await runner.on_finish(Finish("r1", "cancelled"))  # the client went away mid-prefill
+            engine.go.set()
+    assert engine.calls == [4]  # the chunk under way ends; no later chunk starts
+    assert sent == [] and engine.caches == {} and runner.in_flight() == 0

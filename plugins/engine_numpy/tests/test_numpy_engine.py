@@ -169,3 +169,16 @@ def test_weight_arena_refuses_to_overflow() -> None:
     np.testing.assert_array_equal(view, [[0, 1], [2, 3]])
     with pytest.raises(ValueError, match="arena full"):
         arena.put(np.zeros(3, np.float32))
+
+
+@pytest.mark.parametrize("weights", ["float32", "quantized"])
+async def test_a_prompt_in_chunks_equals_one_prefill(tiny_folders: dict[str, Path], weights: str) -> None:
+    """The stage runner prefills long prompts in chunks (several positions at a cache position > 0)."""
+    e = NumpyEngine(initial_cache=4, weights=weights)
+    await e.load(resolve_model(str(tiny_folders["llama"])), 0, 2, 3)
+    full = await e.forward("whole", np.array(IDS), all_logits=True)
+    parts = [
+        await e.forward("chunks", np.array(IDS[i : i + 3]), all_logits=True) for i in range(0, len(IDS), 3)
+    ]
+    np.testing.assert_allclose(np.concatenate(parts), full, atol=1e-4 if weights == "float32" else 2e-2)
+    assert e.position("chunks") == len(IDS)
