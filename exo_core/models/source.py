@@ -230,3 +230,17 @@ def head_in_layers(source: ModelSource, config: ModelConfig) -> int:
     block = sum(stored(n) for n in names_for_shard(config, names, 0, 0) if n.startswith("layers."))
     head = stored("lm_head" if "lm_head" in names else "embed")
     return round(head / block) if block > 0 else config.head_in_layers
+
+
+def stored_bytes(source: ModelSource) -> int:
+    """Bytes of the model's weights as stored: the GGUF file's size, or the safetensors files of a local
+    folder (0 when unknown, e.g. a hub model whose files are not all here: the plan then skips its memory
+    check)."""
+    try:
+        if source.format == "gguf":
+            return source.path.stat().st_size
+        if source.hub_repo is not None:
+            return 0
+        return sum(f.stat().st_size for f in source.path.glob("*.safetensors"))
+    except OSError:
+        return 0

@@ -41,7 +41,7 @@ from exo_core.orchestration.requests import RequestFailed, RequestTracker
 from exo_core.protocol import inference as wire
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.topology.cluster import ClusterView
-from exo_core.topology.partition import NoCapacityError, Partitioner, Plan, fold_head
+from exo_core.topology.partition import NoCapacityError, NodeResources, Partitioner, Plan, fold_head
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,24 @@ def _check_length(loaded: LoadedModel, chars: int, param: str) -> None:
             f"can hold ({limit} at most for this model's tokenizer)",
             param=param,
         )
+
+
+def _check_memory(
+    plan: Plan, nodes: list[NodeResources], unit_bytes: float, head_layers: int, model: str
+) -> None:
+    """Raise :class:`NoCapacityError` when a node of ``plan`` would hold more stored weights than the memory
+    it reports (a node reporting 0 MB is not checked: unknown)."""
+    memory = {n.node_id: n.memory_mb for n in nodes}
+    for i, entry in enumerate(plan):
+        units = entry.last_layer - entry.first_layer + 1 + (head_layers if i == len(plan) - 1 else 0)
+        need_mb = units * unit_bytes / 2**20
+        have = memory.get(entry.node_id, 0)
+        if have and need_mb > have:
+            raise NoCapacityError(
+                f"{model} does not fit: node {entry.node_id} would hold layers {entry.first_layer}.."
+                f"{entry.last_layer}{' and the output head' if i == len(plan) - 1 else ''} "
+                f"({need_mb:.0f} MB of weights) but reports {have} MB of memory"
+            )
 
 
 class NodeBackend:
@@ -223,17 +241,30 @@ class NodeBackend:
             )
         return loaded, ids
 
-    def plan(self, model: str, n_layers: int, head_layers: int = 0, exclude: Set[str] = frozenset()) -> Plan:
+    def plan(
+        self,
+        model: str,
+        n_layers: int,
+        head_layers: int = 0,
+        exclude: Set[str] = frozenset(),
+        model_bytes: int = 0,
+    ) -> Plan:
         """The partitioner's plan for ``n_layers`` layers and an output head worth ``head_layers`` layers,
         the head folded onto the last node (:func:`~exo_core.topology.partition.fold_head`), over the
-        reachable nodes but those in ``exclude``."""
+        reachable nodes but those in ``exclude``.
+
+        With ``model_bytes`` (the weights as stored), a plan that gives a node more of them than the memory
+        it reports is refused: 503 ``no_capacity`` naming the node (the engine holds at least that much).
+        """
         try:
             nodes = [n for n in self.cluster.resources() if n.node_id not in exclude]
             edges = frozenset(e for e in self.cluster.edges() if not e & exclude)
             units = self.partitioner.plan(nodes, edges, n_layers + head_layers)
+            plan = fold_head(units, n_layers)
+            if model_bytes:
+                _check_memory(plan, nodes, model_bytes / (n_layers + head_layers), head_layers, model)
         except NoCapacityError as exc:
             raise BackendError(503, "no_capacity", str(exc)) from exc
-        plan = fold_head(units, n_layers)
         self._last_plan = (model, n_layers, plan)
         return plan
 
@@ -254,7 +285,7 @@ class NodeBackend:
             )
         loaded, ids = await self._prepare(model, messages, prompt)
         n_layers, head_layers = loaded.config.n_layers, loaded.head_layers
-        plan = self.plan(model, n_layers, head_layers)
+        plan = self.plan(model, n_layers, head_layers, model_bytes=loaded.model_bytes)
         room = loaded.config.context_length - len(ids)
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
         max_tokens = max(1, max_tokens)
@@ -351,14 +382,20 @@ class NodeBackend:
                             log.debug("FINISH for %s to %s not delivered: %s", wire_id, node, exc)
             attempt += 1
             plan = await self._failover(
-                request_id, model, (n_layers, head_layers), plan, failure, attempt, excluded
+                request_id,
+                model,
+                (n_layers, head_layers, loaded.model_bytes),
+                plan,
+                failure,
+                attempt,
+                excluded,
             )
 
     async def _failover(
         self,
         request_id: str,
         model: str,
-        layers: tuple[int, int],
+        layers: tuple[int, int, int],
         plan: Plan,
         failure: RequestFailed,
         attempt: int,
@@ -384,7 +421,8 @@ class NodeBackend:
             )
         excluded.update(lost)
         try:
-            new = self.plan(model, *layers, exclude=excluded)
+            n_layers, head_layers, model_bytes = layers
+            new = self.plan(model, n_layers, head_layers, exclude=excluded, model_bytes=model_bytes)
         except BackendError as exc:
             self._note_event(request_id, "failover_no_plan", lost, failure.message)
             raise BackendError(

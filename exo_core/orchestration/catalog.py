@@ -14,7 +14,14 @@ from pathlib import Path
 import anyio
 
 from exo_core.models.config import ModelConfig
-from exo_core.models.source import REGISTRY, ModelSource, head_in_layers, load_config, resolve_model
+from exo_core.models.source import (
+    REGISTRY,
+    ModelSource,
+    head_in_layers,
+    load_config,
+    resolve_model,
+    stored_bytes,
+)
 from exo_core.models.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     #: the output head's weight in blocks, for the plan (:func:`exo_core.models.source.head_in_layers`)
     head_layers: int = 0
+    #: bytes of the model's weights as stored (0: unknown), for the memory check of a plan
+    model_bytes: int = 0
 
 
 def model_id_for_path(path: Path) -> str:
@@ -90,4 +99,4 @@ class Catalog:
         log.info(
             "model %s: %d layers, vocab %d (%s)", model_id, config.n_layers, config.vocab_size, source.path
         )
-        return LoadedModel(source, config, tokenizer, head_in_layers(source, config))
+        return LoadedModel(source, config, tokenizer, head_in_layers(source, config), stored_bytes(source))

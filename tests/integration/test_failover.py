@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from exo_core.nodeproc import NodeProcess, peers_file
+from exo_core.nodeproc import NodeProcess, NodeProcessError, peers_file
 
 from .support import Start, no_peers, plan_nodes
 
@@ -239,3 +239,33 @@ def test_sigterm_of_the_api_node_finishes_its_streams_and_refuses_new_ones(
     assert "503" in refused["error"] and "shutting down" in refused["error"]
     assert a.proc.wait(timeout=15) == 0
     assert time.monotonic() - signalled[0] < 12.0
+
+
+def test_when_the_model_does_not_fit_on_the_survivors_the_error_is_clear_and_quick(
+    exo_node: Start, tmp_path: Path
+) -> None:
+    # each node reports 70 MB: the 98 MB model fits on two of them, not on one
+    capped = {**FLOAT32, "EXO_DEVICE_MEMORY_MB": "70"}
+    b = exo_node(*no_peers(tmp_path, "b"), env=capped)
+    peers = peers_file(tmp_path / "peers.json", {"b": b.address})
+    a = exo_node("--discovery-module", "manual", "--discovery-config-path", str(peers), env=capped)
+    a.wait_for_nodes(2)
+    run_stream(a, tokens=2)
+    assert len(plan_nodes(a)) == 2
+    killed: list[float] = []
+
+    def on_token(n: int) -> None:
+        if n == 5 and not killed:
+            b.kill()
+            killed.append(time.monotonic())
+
+    _texts, _finish, error = run_stream(a, tokens=100, on_token=on_token)
+    assert killed and error is not None
+    assert time.monotonic() - killed[0] < 10.0
+    assert error["code"] == "node_lost"
+    assert (
+        b.node_id in error["message"] and "does not fit" in error["message"] and "retry" in error["message"]
+    )
+    # and a new request says the same at once, as an HTTP status
+    with pytest.raises(NodeProcessError, match=r"503.*does not fit"):
+        a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, timeout=10)
