@@ -108,7 +108,10 @@ class CoreSettings(BaseSettings):
         "between chunks, and a cancelled request stops at the next one",
     )
     request_timeout: float = Field(
-        120.0, gt=0, description="seconds a request waits for its first token (includes loading the model)"
+        120.0,
+        gt=0,
+        description="seconds a request waits for its first token without progress (loading the model, or "
+        "between two chunks of a long prompt)",
     )
     token_timeout: float = Field(30.0, gt=0, description="seconds a request waits for each later token")
     drain_timeout: float = Field(

@@ -97,7 +97,18 @@ class Finished:
     reason: FinishReason
 
 
-BackendEvent = Started | TokenEvent | Finished
+@dataclass(frozen=True)
+class Progress:
+    """Optional, between :class:`Started` and the first token: the prompt is being processed (``done`` of
+    ``total`` positions). The API does not show it; it only proves the request is alive, so a long prompt
+    is not cut by the idle timeout while it advances.
+    """
+
+    done: int
+    total: int
+
+
+BackendEvent = Started | Progress | TokenEvent | Finished
 
 
 class BackendError(Exception):

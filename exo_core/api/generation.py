@@ -21,6 +21,7 @@ from exo_core.api.backend import (
     ChatBackend,
     Finished,
     FinishReason,
+    Progress,
     SamplingParams,
     Started,
     TokenEvent,
@@ -201,8 +202,11 @@ class Generation:
             return event
         assert self._it is not None, "Generation used outside 'async with'"
         try:
-            with anyio.fail_after(self._idle_timeout):
-                return await anext(self._it)
+            while True:  # each event, PROGRESS included, opens a new idle window
+                with anyio.fail_after(self._idle_timeout):
+                    event = await anext(self._it)
+                if not isinstance(event, Progress):
+                    return event
         except StopAsyncIteration:
             raise APIError(
                 502,

@@ -29,6 +29,7 @@ from exo_core.api.backend import (
     BackendEvent,
     Finished,
     ModelInfo,
+    Progress,
     SamplingParams,
     Started,
     TokenEvent,
@@ -336,19 +337,23 @@ class NodeBackend:
                     await self._send(plan[0].node_id, wire.Prompt(ctx, (*ids, *emitted)))
                 except (ExoError, OSError) as exc:
                     failure = RequestFailed(f"cannot reach node {plan[0].node_id}: {exc}", plan[0].node_id)
-                timeout = self.request_timeout
+                timeout, waiting_first = self.request_timeout, True
                 while failure is None:
                     event = None
                     with anyio.move_on_after(timeout):
                         event = await events.receive()
                     if event is None:
                         reason = "error"
+                        what = "progress on the prompt" if waiting_first else "token"
                         raise BackendError(
                             504,
                             "timeout",
-                            f"no token within {timeout:.0f} s (plan: {', '.join(sorted(nodes))})",
+                            f"no {what} within {timeout:.0f} s (plan: {', '.join(sorted(nodes))})",
                         )
-                    timeout = self.token_timeout
+                    if isinstance(event, wire.Progress):  # the prefill advances: a new wait begins
+                        yield Progress(event.done, event.total)
+                        continue
+                    timeout, waiting_first = self.token_timeout, False
                     if isinstance(event, RequestFailed):
                         reason = "error"
                         failure = event

@@ -28,7 +28,7 @@ from exo_core.orchestration.stages import StageRunner
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.control import Error
 from exo_core.protocol.frame import FrameType
-from exo_core.protocol.inference import Finish, Prompt, TensorMessage, Token, Topology
+from exo_core.protocol.inference import Finish, Progress, Prompt, TensorMessage, Token, Topology
 from exo_core.settings import CoreSettings
 from exo_core.topology.cluster import DRAINING, ClusterView
 from exo_core.topology.partition import Partitioner
@@ -181,6 +181,8 @@ class Node:
                 self.tracker.error(msg, sender)
         elif isinstance(msg, Topology):
             self.gossip.on_topology(msg, sender)
+        elif isinstance(msg, Progress):
+            self.tracker.progress(msg)
 
     async def _incoming(self, incoming: Incoming) -> None:
         """Transport handler: every inference and gossip message is one-way (no reply)."""
@@ -199,6 +201,7 @@ class Node:
             FrameType.FINISH,
             FrameType.TOPOLOGY,
             FrameType.ERROR,
+            FrameType.PROGRESS,
         ):
             self.transport.on(ftype, self._incoming)
         self.transport.set_relay(self._router.relay)

@@ -16,7 +16,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from exo_core.protocol.control import Error
-from exo_core.protocol.inference import Token
+from exo_core.protocol.inference import Progress, Token
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class RequestFailed:
     node_id: str = ""
 
 
-Event = Token | RequestFailed
+Event = Token | Progress | RequestFailed
 
 
 @dataclass
@@ -61,6 +61,9 @@ class RequestTracker:
 
     def token(self, msg: Token) -> None:
         self._deliver(msg.ctx.request_id, msg)
+
+    def progress(self, msg: Progress) -> None:
+        self._deliver(msg.request_id, msg)
 
     def error(self, msg: Error, sender: str) -> None:
         self._deliver(msg.request_id, RequestFailed(msg.message or msg.code_name, sender))

@@ -33,7 +33,7 @@ from exo_core.orchestration.shards import ShardHost
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.control import Error
 from exo_core.protocol.errors import ErrorCode
-from exo_core.protocol.inference import Finish, Prompt, RequestContext, TensorMessage, Token
+from exo_core.protocol.inference import Finish, Progress, Prompt, RequestContext, TensorMessage, Token
 from exo_core.protocol.tensor import Tensor
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class StageRunner:
             raise RuntimeError(f"KV cache is at position {cached}, the message is for position {position}")
         is_last = index + 1 == len(ctx.plan)
         if len(x) > self._prefill_chunk:
-            out = await self._prefill(engine, rid, x, is_last)
+            out = await self._prefill(engine, ctx, x, is_last)
         else:
             out = await self.batcher.forward(engine, rid, x, comes_back=len(ctx.plan) == 1)
         if out is None or rid not in self._active:  # finished or cancelled while this step waited or ran
@@ -209,22 +209,24 @@ class StageRunner:
             await self._send(target, token)
 
     async def _prefill(
-        self, engine: InferenceEngine, rid: str, x: np.ndarray, is_last: bool
+        self, engine: InferenceEngine, ctx: RequestContext, x: np.ndarray, is_last: bool
     ) -> np.ndarray | None:
         """A long prompt in chunks of ``prefill_chunk`` positions, each in its own compute slot: other
-        requests' steps run between chunks (one long prompt does not hold a slot for seconds), and a request
-        finished meanwhile (client gone, failover) stops at the next chunk (``None``)."""
+        requests' steps run between chunks (one long prompt does not hold a slot for seconds), a request
+        finished meanwhile (client gone, failover) stops at the next chunk (``None``), and after each chunk
+        the origin gets a PROGRESS (its wait for the first token measures lack of progress)."""
+        rid = ctx.request_id
         outs = []
         for start in range(0, len(x), self._prefill_chunk):
             if rid not in self._active:
-                log.info(
-                    "request %s finished during its prefill: stopped after %d of %d positions",
-                    rid,
-                    start,
-                    len(x),
-                )
+                log.info("request %s finished during its prefill: stopped at %d of %d", rid, start, len(x))
                 return None
             outs.append(await self.batcher.forward(engine, rid, x[start : start + self._prefill_chunk]))
+            done = min(start + self._prefill_chunk, len(x))
+            try:
+                await self._send(ctx.origin, Progress(rid, done, len(x)))
+            except Exception as exc:  # the origin learns of the request's fate through its other messages
+                log.debug("PROGRESS of %s to %s not delivered: %s", rid, ctx.origin, exc)
         # the last stage returns the logits of a chunk's last position: the prompt's last chunk has the ones
         return outs[-1] if is_last else np.concatenate(outs, axis=0)
 

@@ -47,6 +47,7 @@ from exo_core.protocol.frame import (
 from exo_core.protocol.inference import (
     Finish,
     NodeState,
+    Progress,
     Prompt,
     RequestContext,
     SamplingParams,
@@ -83,6 +84,7 @@ __all__ = [
     "NodeState",
     "Ping",
     "Pong",
+    "Progress",
     "Prompt",
     "ProtocolError",
     "Ready",

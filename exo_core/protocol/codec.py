@@ -15,10 +15,10 @@ from exo_core.protocol.control import AuthChallenge, AuthResponse, Error, GoAway
 from exo_core.protocol.envelope import Envelope
 from exo_core.protocol.errors import ErrorCode, ProtocolError
 from exo_core.protocol.frame import HEADER, MAGIC, Buffer, FrameType
-from exo_core.protocol.inference import Finish, Prompt, TensorMessage, Token, Topology
+from exo_core.protocol.inference import Finish, Progress, Prompt, TensorMessage, Token, Topology
 
 ConnectionMessage = Hello | AuthChallenge | AuthResponse | Ready | GoAway
-RoutedMessage = Ping | Pong | Error | Prompt | TensorMessage | Token | Finish | Topology
+RoutedMessage = Ping | Pong | Error | Prompt | TensorMessage | Token | Finish | Topology | Progress
 Message = ConnectionMessage | RoutedMessage
 
 MESSAGE_CLASSES: Final[dict[FrameType, type[Message]]] = {
@@ -37,6 +37,7 @@ MESSAGE_CLASSES: Final[dict[FrameType, type[Message]]] = {
         Token,
         Finish,
         Topology,
+        Progress,
     )
 }
 CONNECTION_TYPES: Final = frozenset(

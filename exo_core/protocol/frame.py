@@ -47,6 +47,7 @@ class FrameType(IntEnum):
     TOKEN = 0x22
     FINISH = 0x23
     TOPOLOGY = 0x24
+    PROGRESS = 0x25
 
 
 FRAME_TYPES: Final = frozenset(int(t) for t in FrameType)

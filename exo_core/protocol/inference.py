@@ -1,4 +1,4 @@
-"""Inference messages: PROMPT, TENSOR, TOKEN, FINISH, TOPOLOGY, and the request context they share.
+"""Inference messages: PROMPT, TENSOR, TOKEN, FINISH, TOPOLOGY, PROGRESS, and the request context they share.
 
 The plan (which node runs which layers) travels inside every message of a request, so nodes never
 disagree about who runs what (DESIGN.md §3).
@@ -379,6 +379,35 @@ class Finish:
     @classmethod
     def read(cls, r: Reader) -> Finish:
         return cls(r.str8("FINISH request_id"), r.str8("FINISH reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A stage advanced a long prompt's prefill (after each chunk): tells the origin the request is alive,
+    so its wait for the first token measures lack of progress, not total time.
+
+    Attributes:
+        request_id: the request.
+        done: prompt positions this stage has processed so far.
+        total: prompt positions in all.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.PROGRESS
+    request_id: str
+    done: int
+    total: int
+
+    def write(self, w: Writer) -> None:
+        w.str8(self.request_id)
+        w.pack(_STEP_POS, self.done, self.total)
+
+    @classmethod
+    def read(cls, r: Reader) -> Progress:
+        request_id = r.str8("PROGRESS request_id")
+        done, total = r.unpack(_STEP_POS, "PROGRESS counts")
+        if done > total:
+            raise ProtocolError(ErrorCode.MALFORMED, f"PROGRESS: done {done} > total {total}")
+        return cls(request_id, done, total)
 
 
 @dataclass(frozen=True, slots=True)

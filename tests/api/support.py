@@ -16,6 +16,7 @@ from exo_core.api import (
     Finished,
     FinishReason,
     ModelInfo,
+    Progress,
     SamplingParams,
     Started,
     TokenEvent,
@@ -38,6 +39,7 @@ class Script:
     error_before_start: BackendError | None = None
     error_after: int | None = None  # raise `error` after this many tokens
     error: BackendError | None = None
+    progress: int = 0  # Progress events before the first token, ``delay`` apart
 
 
 @dataclass
@@ -148,6 +150,9 @@ class FakeBackend:
             if script.error_before_start is not None:
                 raise script.error_before_start
             yield Started(prompt_tokens=script.prompt_tokens)
+            for i in range(script.progress):
+                await anyio.sleep(script.delay)
+                yield Progress(i + 1, script.progress)
             tokens = script.tokens
             finish = script.finish
             if call.params.max_tokens is not None and len(tokens) > call.params.max_tokens:

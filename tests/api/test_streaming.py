@@ -154,6 +154,19 @@ async def test_idle_timeout_cancels_a_silent_backend() -> None:
     assert all(call.closed.is_set() for call in backend.calls) and len(backend.calls) == 2
 
 
+async def test_a_prompt_that_makes_progress_is_not_cut_by_the_idle_timeout() -> None:
+    """Progress events (a long prompt's prefill advancing) each open a new idle window: 8 of them 0.2 s
+    apart outlast a 0.3 s idle timeout that a silent backend would hit."""
+    backend = FakeBackend(lambda call: Script(tokens=[" done"], delay=0.2, progress=8))
+    async with (
+        running_api(backend, idle_timeout=0.3) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": False})
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == " done"
+
+
 async def test_concurrent_streams_do_not_mix(client: httpx.AsyncClient, backend: FakeBackend) -> None:
     def script(call: Call) -> Script:
         assert call.messages is not None

@@ -95,3 +95,21 @@ def test_a_client_that_gives_up_frees_the_prefill_it_started(exo_node: Start, tm
     while "finished during its prefill" not in node.log_path.read_text(errors="replace"):
         assert time.monotonic() < deadline, "the prefill was not stopped"
         time.sleep(0.1)
+
+
+def test_a_long_prompt_that_advances_is_not_cut_by_the_first_token_timeout(
+    exo_node: Start, tmp_path: Path
+) -> None:
+    # ~1,500 tokens take several seconds to prefill here, longer than the 3 s first-token timeout; each
+    # chunk of 256 ends with a PROGRESS that restarts the wait
+    node = exo_node(*no_peers(tmp_path, "solo"), "--request-timeout", "3", "--prefill-chunk", "256")
+    first_token_s(node)  # loads the model
+    t0 = time.monotonic()
+    out = node.post(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "tell me about " * 500}], "max_tokens": 2},
+        timeout=120,
+    )
+    assert out["choices"][0]["finish_reason"] in ("length", "stop")
+    assert out["usage"]["prompt_tokens"] > 1400
+    assert time.monotonic() - t0 > 3.0  # it did outlast the timeout

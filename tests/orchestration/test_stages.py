@@ -14,6 +14,7 @@ from exo_core.orchestration.stages import StageRunner
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.inference import (
     Finish,
+    Progress,
     Prompt,
     RequestContext,
     SamplingParams,
@@ -157,11 +158,13 @@ async def test_a_long_prompt_runs_in_chunks_and_goes_on_as_one_tensor() -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(runner.on_prompt, Prompt(CTX, tuple(range(10))))
-            while len(sent) == 0:
+            while not any(isinstance(m, TensorMessage) for _, m in sent):
                 await anyio.sleep(0.005)
                 engine.go.set()
     assert engine.calls == [4, 4, 2]
-    ((node, msg),) = sent
+    *progress, (node, msg) = sent
+    # after each chunk the origin (a) hears how far the prompt got
+    assert progress == [("a", Progress("r1", d, 10)) for d in (4, 8, 10)]
     assert node == "b" and isinstance(msg, TensorMessage)
     rows = msg.tensor.to_numpy()
     assert rows.shape == (10, 8) and list(rows[:, 0]) == list(range(10))  # every position, in order
@@ -178,4 +181,5 @@ async def test_a_request_finished_during_its_prefill_stops_at_the_next_chunk() -
             await runner.on_finish(Finish("r1", "cancelled"))  # the client went away mid-prefill
             engine.go.set()
     assert engine.calls == [4]  # the chunk under way ends; no later chunk starts
-    assert sent == [] and engine.caches == {} and runner.in_flight() == 0
+    assert sent == [("a", Progress("r1", 4, 10))]  # its progress, and nothing goes on
+    assert engine.caches == {} and runner.in_flight() == 0

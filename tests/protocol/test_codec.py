@@ -22,6 +22,7 @@ from exo_core.protocol import (
     NodeState,
     Ping,
     Pong,
+    Progress,
     Prompt,
     ProtocolError,
     Ready,
@@ -127,6 +128,7 @@ messages = st.one_of(
         s8,
     ),
     st.builds(Finish, s8, s8),
+    st.tuples(s8, u32, u32).map(lambda t: Progress(t[0], min(t[1], t[2]), max(t[1], t[2]))),
     st.builds(
         Topology,
         st.lists(
@@ -137,7 +139,7 @@ messages = st.one_of(
 
 
 def test_every_message_type_has_a_strategy() -> None:
-    assert len(MESSAGE_CLASSES) == 13 and set(MESSAGE_CLASSES) == set(FrameType) - {FrameType.FRAGMENT}
+    assert len(MESSAGE_CLASSES) == 14 and set(MESSAGE_CLASSES) == set(FrameType) - {FrameType.FRAGMENT}
 
 
 @settings(max_examples=400, deadline=None)

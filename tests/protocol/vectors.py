@@ -18,6 +18,7 @@ from exo_core.protocol import (
     NodeState,
     Ping,
     Pong,
+    Progress,
     Prompt,
     Ready,
     RequestContext,
@@ -94,6 +95,7 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     ),
     "token": (Token(CTX, 3, 18, 9690, -0.25, ((9690, -0.25),), True, "stop"), Envelope("n2", "api")),
     "finish": (Finish("r1", "stop"), Envelope("api", "n1")),
+    "progress": (Progress("r1", 512, 4531), Envelope("n1", "api")),
     "topology": (
         Topology((NodeState("n1", 4, "10.0.0.2:50051", {"memory": 16384}, ("n2",)),)),
         Envelope("n1", ""),
