@@ -226,6 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExoError as exc:
         print(f"exo: error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # start-up errors raised inside the node's task group (a busy port, a bad peers.json, a plugin's
+        # ConfigError): one line each, like the errors caught before the node starts, not a traceback
+        leaves = _leaves(group)
+        if not leaves or not all(isinstance(e, ExoError | OSError) for e in leaves):
+            raise
+        for message in dict.fromkeys(str(e) for e in leaves):
+            print(f"exo: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -234,6 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -209,3 +209,31 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
     assert proc.returncode == 141
+
+
+@pytest.mark.parametrize("which", ["--node-port", "--chatgpt-api-port"])
+def test_a_busy_port_is_one_line_naming_the_flag(tmp_path: Path, which: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        peers = tmp_path / "peers.json"
+        peers.write_text('{"peers": {}}')
+        args = ["--discovery-module", "manual", "--discovery-config-path", str(peers)]
+        args += ["--node-host", "127.0.0.1", "--chatgpt-api-host", "127.0.0.1"]
+        other = "--chatgpt-api-port" if which == "--node-port" else "--node-port"
+        proc = _run([*args, which, port, other, "0"], tmp=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("exo: error:")]
+    assert len(errors) == 1 and which in errors[0] and port in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_peers_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    args = ["--discovery-module", "manual", "--discovery-config-path", str(tmp_path / "nope.json")]
+    args += ["--node-host", "127.0.0.1", "--node-port", "0", "--chatgpt-api-host", "127.0.0.1"]
+    proc = _run([*args, "--chatgpt-api-port", "0"], tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "exo: error:" in proc.stderr and "nope.json" in proc.stderr and "Traceback" not in proc.stderr

@@ -210,7 +210,15 @@ class TcpTransport:
 
     async def run(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``started()`` is called once the listener is bound."""
-        socks = listen(self.host, self._requested_port)
+        try:
+            socks = listen(self.host, self._requested_port)
+        except OSError as exc:
+            where = format_address(self.host or "0.0.0.0", self._requested_port)
+            raise OSError(
+                exc.errno,
+                f"cannot listen for peers on {where}: {exc.strerror or exc}; "
+                "pick another port with --node-port (or stop the other exo node using it)",
+            ) from exc
         self._port = socks[0].getsockname()[1]
         where = format_address(self.host or "0.0.0.0", self._port)
         if self._key is None and not is_loopback(self.host):
