@@ -11,7 +11,7 @@ API node's peers.json lists the others, which list nobody.
 rings alternate and the machine's drift falls on both alike; 20 runs are 10 per ring). Before the first
 run each ring serves a warm-up request and then the *undisturbed* run, twice: a greedy stream of
 ``--tokens`` tokens from the API node (``temperature`` 0), whose token sequence is the ring's reference
-(``undisturbed_repeatable`` says whether the two agreed; if not, equality with the reference means
+(``undisturbed_<n>node.repeatable`` says whether the two agreed; if not, equality with the reference means
 little). Each run then: makes sure the ring is whole (a 2-token request whose plan must span every node of
 the ring, bounded in time), picks with ``random.Random(--seed)`` a node of that plan other than the API
 node and a token position ``k`` in ``[5, tokens - 10]``, streams the same greedy request, and when the
@@ -26,31 +26,49 @@ generated (resumed)``); tokens between ``k`` and it were in flight on the lost p
 ``stall_s`` is the time from the kill to the first token of the new plan (token ``K + 1``): what the
 client waits for, including the loss detection, re-planning, any shard the survivors must load (counted
 per run in ``shards_loaded``: the nodes' ``loaded_shards`` before and after) and the replay's prefill.
-Without a resume line it falls back to the longest gap between tokens after the kill.
+Without a resume line it falls back to the longest gap between tokens after the kill. The JSON gives
+p50/p99/max over all runs, and p50/max apart for the runs whose failover loaded a shard (the first onto a
+plan a survivor had not served yet: survivors keep the shards they load) and for the others.
 ``first_token_after_kill_s`` is the time to the next token of any plan.
 
 **Lost and duplicated tokens.** ``lost = max(0, expected - received)`` and the count's other side,
-``extra = max(0, received - expected)``, where ``expected`` is the reference's length. A count alone can
-hide a duplicate (one token repeated and the stream cut one token short still counts right) and a
-different text is not by itself a duplicate: on the quantized path a replayed prefill may round
-differently from the decode steps it replaces and legitimately continue another way (docs/engines.md).
-So where the sequence first differs from the reference, at index ``p``, the run is checked against the
-two signatures a replay bug would leave: *duplicated d* when ``R[p:p+d] == R[p-d:p]`` (the d tokens just
-streamed came again) and dropping them realigns the rest with the reference
-(``R[p+d:p+d+w] == U[p:p+w]``, ``w = 8`` or to the end); *lost d* when ``R[p:p+w] == U[p+d:p+d+w]``
-(the reference's next d tokens are missing, the rest realigns), for ``d`` up to 16. A divergence that
-matches neither is a *different continuation*: not counted as lost or duplicated, but it makes ``equal``
-false, and ``repeat_at_resume`` flags a run whose tokens right after the resume point repeat the ones
-just before it while the reference's do not (a possible duplicate that no reference can confirm; reported,
-not counted). ``tokens_lost`` and ``tokens_duplicated`` sum the count-based and the realigned figures.
-The run also fails when the server's ``usage`` disagrees with the tokens the client got.
+``extra = max(0, received - expected)`` (counted as duplicated), where ``expected`` is the reference's
+length; the run also errs when the server's ``usage`` disagrees with the tokens the client got. A count
+alone can hide a loss paired with a duplicate, and a different text is not by itself a loss: on the
+quantized path a replayed prefill may round differently from the decode steps it replaces and tip a
+near tie the other way (docs/engines.md), after which the text legitimately goes on differently - and
+often realigns a few tokens later ("the vast and mysterious ocean" / "the vast ocean"), which looks
+exactly like two lost tokens. So where the run first differs from the reference, at index ``p``:
+
+- the two best tokens there (``top_logprobs`` 2, of both streams) are compared: when each stream's best
+  is the other's second, the two ranked the same pair of tokens and only the order flipped - a
+  ``tie_flip``, a different continuation, never counted as lost or duplicated (``margin_at_divergence``
+  gives both streams' logprob gap there, ``text_at_divergence`` the text around it);
+- otherwise the run is checked for the two signatures a replay bug leaves, *duplicated d* when
+  ``R[p:p+d] == R[p-d:p]`` (the d tokens just streamed came again) and dropping them realigns the rest
+  with the reference (``R[p+d:p+d+w] == U[p:p+w]``, ``w = 8`` or to the end), *lost d* when
+  ``R[p:p+w] == U[p+d:p+d+w]`` (d reference tokens missing, the rest realigns), ``d`` up to 16 (shown as
+  ``realigns``). They count only when ``p`` is a resume point, the one place where the lost plan hands
+  over to the new one and a token can go missing or come twice (with no resume line logged: anywhere
+  from the kill on); a divergence later than that is the new plan's own wording;
+- any other divergence is a different continuation these checks cannot explain (counted in
+  ``unexplained_divergences``, not as lost): after the resume point the tokens come from the new plan
+  alone, so no reference can tell its different text from a lost token beyond the checks above.
+  ``different_continuations`` counts every run that differs from the reference, ``tie_flips`` those of
+  them explained by a flipped tie.
+  ``repeat_at_resume`` flags a run whose tokens right after the resume point repeat the ones just before
+  it where the reference's do not: a possible duplicate, reported, not counted.
+
+``tokens_lost`` and ``tokens_duplicated`` sum the count-based and the signature-based figures.
 
 **Replay cost.** After the runs, on each ring, one non-API node of the plan is killed and, once a request
 is planned over the survivors (the surviving plan, warmed up so no shard load is timed), non-streamed
 requests with ``max_tokens`` 1 and prompts of about 100 and about 600 tokens (``usage.prompt_tokens``
-gives the exact counts; every prompt starts differently) are timed, 3 of each, interleaved; the request
+gives the exact counts; every prompt starts differently) are timed, 5 of each, interleaved; the request
 time is the prefill of the prompt plus one sampling. ``replay_ms_per_100_tokens`` is the slope between
-the two medians: (t(600) - t(100)) / (tokens(600) - tokens(100)) x 100, in ms. The fixed costs
+the two medians: (t(600) - t(100)) / (tokens(600) - tokens(100)) x 100, in ms (``replay`` also gives the
+slope between the two fastest of each, ``ms_per_100_tokens_best``: on a shared machine the spread is
+some tens of percent). The fixed costs
 (tokenizing, planning, the HTTP round trip) cancel in the difference, so the slope is what a replay of
 prompt + streamed tokens adds to a stall per 100 tokens of that context.
 
@@ -62,6 +80,7 @@ share this machine's cores). Every request has a timeout and every wait a bound;
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -83,6 +102,7 @@ STREAM_TIMEOUT = 120.0  # seconds a streamed read may wait (the server's own tok
 WHOLE_TIMEOUT = 90.0  # seconds to get a ring back to a plan over all its nodes
 REALIGN = 8  # tokens that must agree after a shift for a divergence to count as lost or duplicated
 MAX_SHIFT = 16
+REPEATS = 5  # timed requests of each prompt length in the replay-cost measurement
 RESUMED = re.compile(r"request (\w+)\.(\d+): \d+ prompt tokens \+ (\d+) generated \(resumed\)")
 
 
@@ -93,6 +113,7 @@ class Ring:
     size: int
     nodes: list[NodeProcess]
     reference: list[str]
+    tops: list[list[tuple[str, float]]]
     plan: list[dict[str, Any]]
 
     @property
@@ -107,6 +128,7 @@ class Ring:
 class Stream:
     tokens: list[str]
     times: list[float]
+    tops: list[list[tuple[str, float]]]  # per token, the two best (token, logprob), best first
     finish: str | None
     error: dict[str, Any] | None
     usage: dict[str, Any] | None
@@ -133,12 +155,13 @@ def body(tokens: int, content: str = PROMPT) -> dict[str, Any]:
         "max_tokens": tokens,
         "temperature": 0,
         "logprobs": True,
+        "top_logprobs": 2,
     }
 
 
 def stream(node: NodeProcess, tokens: int, on_token: Any = None) -> Stream:
     """A greedy stream of ``tokens`` tokens; ``on_token(n)`` is called as the ``n``-th token arrives."""
-    out = Stream([], [], None, None, None, "")
+    out = Stream([], [], [], None, None, None, "")
     req = {**body(tokens), "stream_options": {"include_usage": True}}
     for chunk in node.stream("/v1/chat/completions", req, timeout=STREAM_TIMEOUT):
         if "error" in chunk:
@@ -149,6 +172,8 @@ def stream(node: NodeProcess, tokens: int, on_token: Any = None) -> Stream:
         for choice in chunk.get("choices", []):
             for item in (choice.get("logprobs") or {}).get("content") or []:
                 out.tokens.append(item["token"])
+                top = [(t["token"], t["logprob"]) for t in item.get("top_logprobs") or []]
+                out.tops.append(sorted(top, key=lambda t: -t[1]))
                 out.times.append(time.monotonic())
                 if on_token is not None:
                     on_token(len(out.tokens))
@@ -191,30 +216,50 @@ def make_whole(ring: Ring) -> list[dict[str, Any]]:
         except (OSError, ValueError, NodeProcessError):
             pass
         time.sleep(0.5)
-    raise NodeProcessError(f"the {ring.size}-node ring did not come back whole within {WHOLE_TIMEOUT} s: {plan}")
+    raise NodeProcessError(
+        f"the {ring.size}-node ring did not come back whole within {WHOLE_TIMEOUT} s: {plan}"
+    )
 
 
-def compare(got: list[str], ref: list[str]) -> dict[str, Any]:
-    """Where ``got`` leaves ``ref`` and whether the rest realigns after a lost or a repeated run of tokens
-    (see the module docstring)."""
-    p = next((i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b), min(len(got), len(ref)))
-    out: dict[str, Any] = {"diverges_at": None if got == ref else p, "lost": 0, "duplicated": 0}
-    if got == ref or p == len(got) or p == len(ref):
-        return out  # equal, or one is a prefix of the other: the count says it all
+def diverges_at(got: list[str], ref: list[str]) -> int | None:
+    """The first index where ``got`` and ``ref`` differ (the shorter one's length if one is a prefix of the
+    other), or None when they are equal."""
+    if got == ref:
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(got, ref, strict=False)) if a != b), min(len(got), len(ref))
+    )
+
+
+def realigns(got: list[str], ref: list[str], p: int) -> tuple[str, int] | None:
+    """``("duplicated", d)`` or ``("lost", d)`` when ``got``, which leaves ``ref`` at ``p``, agrees with it
+    again once ``d`` repeated tokens are dropped or ``d`` reference tokens are put back (see the module
+    docstring); None when neither does."""
     for d in range(1, MAX_SHIFT + 1):
         w = min(REALIGN, len(got) - p - d, len(ref) - p)
         if d <= p and w > 0 and got[p : p + d] == got[p - d : p] and got[p + d : p + d + w] == ref[p : p + w]:
-            out["duplicated"] = d
-            return out
+            return ("duplicated", d)
         w = min(REALIGN, len(got) - p, len(ref) - p - d)
         if w > 0 and got[p : p + w] == ref[p + d : p + d + w]:
-            out["lost"] = d
-            return out
-    return out
+            return ("lost", d)
+    return None
+
+
+def margin(top: list[tuple[str, float]]) -> float | None:
+    """The logprob of the best token minus that of the second."""
+    return round(top[0][1] - top[1][1], 4) if len(top) > 1 else None
+
+
+def tie_flip(ref_top: list[tuple[str, float]], got_top: list[tuple[str, float]]) -> bool:
+    """Whether two streams that chose different tokens at one position ranked the same two tokens first
+    there, in the other order: the choice between two near-equal tokens tipped by rounding."""
+    if len(ref_top) < 2 or len(got_top) < 2:
+        return False
+    return ref_top[0][0] == got_top[1][0] and ref_top[1][0] == got_top[0][0]
 
 
 def repeat_at(got: list[str], ref: list[str], r: int) -> bool:
-    """Whether the tokens right after index ``r`` repeat those right before it, where the reference's do not."""
+    """Whether the tokens right after index ``r`` repeat those right before it (the reference's do not)."""
     for d in range(1, min(MAX_SHIFT, r) + 1):
         if r + d <= len(got) and got[r : r + d] == got[r - d : r] and ref[r : r + d] != ref[r - d : r]:
             return True
@@ -238,6 +283,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"runs": len(values), "p50": percentile(values, 0.5), "max": max(values) if values else None}
+
+
 def one_run(ring: Ring, tokens: int, rng: random.Random) -> dict[str, Any]:
     rec: dict[str, Any] = {"ring": ring.size}
     try:
@@ -255,6 +304,7 @@ def one_run(ring: Ring, tokens: int, rng: random.Random) -> dict[str, Any]:
     before = loaded_shards(ring)
     offset = ring.api.log_path.stat().st_size
     killed: list[float] = []
+    resumes: list[int] = []
 
     def on_token(n: int) -> None:
         if n == at and not killed and victim.proc is not None:
@@ -264,7 +314,7 @@ def one_run(ring: Ring, tokens: int, rng: random.Random) -> dict[str, Any]:
     try:
         got = stream(ring.api, tokens, on_token)
     except (OSError, ValueError) as exc:
-        got = Stream([], [], None, {"message": f"{type(exc).__name__}: {exc}"}, None, "")
+        got = Stream([], [], [], None, {"message": f"{type(exc).__name__}: {exc}"}, None, "")
     finally:
         if victim.proc is not None and victim.proc.poll() is None and not killed:
             victim.kill()
@@ -284,7 +334,7 @@ def one_run(ring: Ring, tokens: int, rng: random.Random) -> dict[str, Any]:
             stall = got.times[resumes[0]] - kill_time
         elif after:  # no resume line: the longest silence from the kill on
             stamps = [kill_time, *after]
-            stall = max(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+            stall = max(b - a for a, b in itertools.pairwise(stamps))
         else:
             stall = None
         rec["stall_s"] = None if stall is None else round(stall, 4)
@@ -292,11 +342,27 @@ def one_run(ring: Ring, tokens: int, rng: random.Random) -> dict[str, Any]:
         if resumes:
             rec["tokens_in_flight"] = resumes[0] - at
             rec["repeat_at_resume"] = repeat_at(got.tokens, ref, resumes[0])
-    cmp = compare(got.tokens, ref)
     rec["equal"] = got.tokens == ref
-    rec["diverges_at"] = cmp["diverges_at"]
-    rec["lost"] = max(0, len(ref) - received) + cmp["lost"]
-    rec["duplicated"] = max(0, received - len(ref)) + cmp["duplicated"]
+    rec["diverges_at"] = p = diverges_at(got.tokens, ref)
+    shifted = {"lost": 0, "duplicated": 0}
+    if p is not None and p < min(received, len(ref)):
+        # how close the two best tokens were there: a near tie is where rounding can tip the choice
+        rec["margin_at_divergence"] = {"undisturbed": margin(ring.tops[p]), "this_run": margin(got.tops[p])}
+        flip = tie_flip(ring.tops[p], got.tops[p])
+        rec["tie_flip"] = flip
+        rec["text_at_divergence"] = {
+            "undisturbed": "".join(ref[max(0, p - 4) : p + 6]),
+            "this_run": "".join(got.tokens[max(0, p - 4) : p + 6]),
+        }
+        shift = realigns(got.tokens, ref, p)
+        if shift is not None:
+            rec["realigns"] = {shift[0]: shift[1]}
+            # only where the lost plan handed over can a token be lost or repeated: at a resume point
+            # (or, with none logged, anywhere from the kill on); elsewhere it is the new plan's wording
+            if not flip and ((p in resumes) if resumes else (killed and p >= at)):
+                shifted[shift[0]] = shift[1]
+    rec["lost"] = max(0, len(ref) - received) + shifted["lost"]
+    rec["duplicated"] = max(0, received - len(ref)) + shifted["duplicated"]
     completion = (got.usage or {}).get("completion_tokens")
     rec["usage_completion_tokens"] = completion
     if "error" not in rec and (got.finish != "length" or completion != received):
@@ -340,7 +406,7 @@ def replay_cost(ring: Ring, tag: int) -> dict[str, Any]:
             raise NodeProcessError(f"no plan without the killed node within {WHOLE_TIMEOUT} s")
         ttft(ring.api, 400, tag)  # warm-up at the longer length (cache growth)
         samples: dict[str, list[tuple[int, float]]] = {"short": [], "long": []}
-        for i in range(3):
+        for i in range(REPEATS):
             samples["short"].append(ttft(ring.api, 60, tag + 2 * i + 1))
             samples["long"].append(ttft(ring.api, 400, tag + 2 * i + 2))
     finally:
@@ -350,11 +416,15 @@ def replay_cost(ring: Ring, tag: int) -> dict[str, Any]:
     n_long = statistics.median(n for n, _ in samples["long"])
     t_short = statistics.median(t for _, t in samples["short"])
     t_long = statistics.median(t for _, t in samples["long"])
+    best_short = min(t for _, t in samples["short"])
+    best_long = min(t for _, t in samples["long"])
     return {
         "surviving_plan_nodes": len(survivors),
         "prompt_tokens": [n_short, n_long],
         "ttft_ms": [round(t_short * 1000, 1), round(t_long * 1000, 1)],
-        "ms_per_100_tokens": round((t_long - t_short) * 1000 / (n_long - n_short) * 100, 2),
+        "ms_per_100_tokens": round((t_long - t_short) * 1000 / (n_long - n_short) * 100, 1),
+        "ttft_ms_best": [round(best_short * 1000, 1), round(best_long * 1000, 1)],
+        "ms_per_100_tokens_best": round((best_long - best_short) * 1000 / (n_long - n_short) * 100, 1),
     }
 
 
@@ -384,12 +454,12 @@ def main() -> int:
         try:
             for size in out["rings"]:
                 nodes = start_ring(tmp, size, extra)
-                rings[size] = ring = Ring(size, nodes, [], [])
+                rings[size] = ring = Ring(size, nodes, [], [], [])
                 ring.plan = make_whole(ring)
                 first, second = stream(ring.api, args.tokens), stream(ring.api, args.tokens)
                 if first.error or second.error:
                     raise NodeProcessError(f"undisturbed run failed: {first.error or second.error}")
-                ring.reference = first.tokens
+                ring.reference, ring.tops = first.tokens, first.tops
                 out[f"undisturbed_{size}node"] = {
                     "tokens": len(first.tokens),
                     "finish_reason": first.finish,
@@ -407,7 +477,8 @@ def main() -> int:
             for ring in rings.values():
                 for node in ring.nodes:
                     node.stop()
-    stalls = [r["stall_s"] for r in every if r.get("stall_s") is not None]
+    timed = [r for r in every if r.get("stall_s") is not None]
+    stalls = [r["stall_s"] for r in timed]
     errors = sum(1 for r in [*every, *replay.values()] if "error" in r)
     lost = sum(r.get("lost", 0) for r in every)
     duplicated = sum(r.get("duplicated", 0) for r in every)
@@ -418,10 +489,23 @@ def main() -> int:
                 "p99": percentile(stalls, 0.99),
                 "max": round(max(stalls), 3) if stalls else None,
             },
+            # the first failover onto a plan a survivor has not served yet loads a shard; later ones do not
+            "stall_s_with_shard_load": spread([r["stall_s"] for r in timed if r.get("shards_loaded")]),
+            "stall_s_without_shard_load": spread([r["stall_s"] for r in timed if not r.get("shards_loaded")]),
             "tokens_lost": lost,
             "tokens_duplicated": duplicated,
             "repeat_at_resume": sum(1 for r in every if r.get("repeat_at_resume")),
             "equal_to_undisturbed": round(sum(1 for r in every if r.get("equal")) / len(every), 3),
+            "different_continuations": sum(1 for r in every if r.get("diverges_at") is not None),
+            "tie_flips": sum(1 for r in every if r.get("tie_flip")),
+            "unexplained_divergences": sum(
+                1
+                for r in every
+                if r.get("diverges_at") is not None
+                and not r.get("tie_flip")
+                and not r.get("lost")
+                and not r.get("duplicated")
+            ),
             "errors": errors,
             "replay_ms_per_100_tokens": {k: v.get("ms_per_100_tokens") for k, v in replay.items()},
             "replay": replay,
