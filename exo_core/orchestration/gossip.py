@@ -16,8 +16,8 @@ import anyio
 
 from exo_core.protocol.inference import NodeState, Topology
 from exo_core.topology.cluster import ClusterView, NodeRecord
+from exo_core.transport.contract import Transport
 from exo_core.transport.errors import TransportError
-from exo_core.transport.tcp import TcpTransport
 from exo_core.transport.types import PeerEvent
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Gossip:
     def __init__(
         self,
         cluster: ClusterView,
-        transport: TcpTransport,
+        transport: Transport,
         *,
         interval: float = 1.0,
         max_age: float = 30.0,

@@ -32,7 +32,7 @@ from exo_core.protocol.inference import Finish, Progress, Prompt, TensorMessage,
 from exo_core.settings import CoreSettings
 from exo_core.topology.cluster import DRAINING, ClusterView
 from exo_core.topology.partition import Partitioner
-from exo_core.transport.tcp import TcpTransport
+from exo_core.transport.contract import Transport
 from exo_core.transport.types import Incoming, PeerEvent
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class _Sink:
     """Turns what discovery reports into addresses the transport keeps connected."""
 
-    transport: TcpTransport
+    transport: Transport
     known: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     async def peer_found(self, peer: DiscoveredPeer) -> None:
@@ -71,7 +71,7 @@ class Node:
         core: CoreSettings,
         *,
         node_id: str,
-        transport: TcpTransport,
+        transport: Transport,
         discovery: Discovery | None,
         partitioner: Partitioner,
         engine_factory: Callable[[], InferenceEngine],

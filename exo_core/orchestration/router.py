@@ -16,8 +16,8 @@ from anyio.abc import TaskGroup
 from exo_core.errors import ExoError
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.topology.cluster import ClusterView
+from exo_core.transport.contract import Transport
 from exo_core.transport.errors import TransportError
-from exo_core.transport.tcp import TcpTransport
 from exo_core.transport.types import Incoming
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Router:
     """Delivers messages by node id (see module docstring)."""
 
     def __init__(
-        self, transport: TcpTransport, cluster: ClusterView, tg: TaskGroup, local: LocalHandler
+        self, transport: Transport, cluster: ClusterView, tg: TaskGroup, local: LocalHandler
     ) -> None:
         self.transport = transport
         self.cluster = cluster
