@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# run as a script: Python puts this directory first on the import path, so the siblings import
 
 import make_llamacpp_fixture as base  # noqa: E402
 import tiny_llama  # noqa: E402

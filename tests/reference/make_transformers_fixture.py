@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# run as a script: Python puts this directory first on the import path, so the sibling imports
 import tiny_llama
 
 POSITIONS = [0, 6, len(tiny_llama.PROMPT_IDS) - 1]

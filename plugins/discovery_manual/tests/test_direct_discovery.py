@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from discovery_testkit import RecordingSink
 from exo_discovery_manual.direct import DirectDiscovery
 
 from exo_core.discovery import DiscoveredPeer
 from exo_core.errors import ConfigError
+from exo_core.lan.testing import RecordingSink
 
 
 async def test_reports_the_one_peer_and_runs_until_cancelled() -> None:

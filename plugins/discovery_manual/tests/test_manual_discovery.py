@@ -10,11 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
-from discovery_testkit import RecordingSink
 from exo_discovery_manual.manual import ManualDiscovery
 from exo_discovery_manual.peers_file import PeersFileError, load
 
 from exo_core.discovery import DiscoveredPeer
+from exo_core.lan.testing import RecordingSink
 
 CAPS = {
     "model": "MacBook Pro",

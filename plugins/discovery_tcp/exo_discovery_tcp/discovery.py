@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
-from exo_discovery_udp import netif, wire
-from exo_discovery_udp.table import PeerTable
 from pydantic import BaseModel
 
 from exo_core.discovery import DiscoveredPeer, DiscoverySink
 from exo_core.errors import ConfigError
+from exo_core.lan import netif, wire
+from exo_core.lan.peers import LanPeerTable
 from exo_discovery_tcp.messages import MAX_GOSSIP, Ack, Hello, HelloReply, PeerRef
 from exo_discovery_tcp.targets import Endpoint, parse_targets, subnet_hosts
 
@@ -102,8 +102,8 @@ class TcpDiscovery:
         self.concurrency = concurrency
         self.connect_timeout = connect_timeout
         self._auth = wire.ClusterAuth.from_key(cluster_key)
-        self._bad = wire.RateLimitedLog(log)
-        self._table: PeerTable | None = None
+        self._bad = wire.BadInputLog(log)
+        self._table: LanPeerTable | None = None
         self._dports: dict[str, Endpoint] = {}  # node id -> its discovery endpoint
         self._candidates: dict[Endpoint, None] = {}  # learned by gossip, not yet contacted
         self._tried: dict[Endpoint, float] = {}  # gossiped endpoints last dialed at (not re-queued too soon)
@@ -128,7 +128,7 @@ class TcpDiscovery:
                 f"tcp discovery: cannot listen on TCP {self.bind_host}:{self.port}: {exc} "
                 "(choose another --tcp-discovery-port or --tcp-discovery-bind-host)"
             ) from exc
-        self._table = PeerTable(sink, timeout=self.peer_timeout)
+        self._table = LanPeerTable(sink, timeout=self.peer_timeout)
         async with listener, anyio.create_task_group() as tg:
             log.info(
                 "tcp discovery on %s:%d: %d target(s), %d range host(s), scanning subnets of %s",

@@ -1,4 +1,4 @@
-"""Bodies of the TCP discovery messages (JSON objects inside a :mod:`exo_discovery_udp.wire` frame).
+"""Bodies of the TCP discovery messages (JSON objects inside a :mod:`exo_core.lan.wire` frame).
 
 One exchange is three frames on a fresh connection: the dialer sends HELLO, the listener answers
 HELLO_REPLY (echoing the dialer's nonce), the dialer closes with ACK (echoing the listener's nonce).
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from exo_discovery_udp.wire import STRICT, Capabilities
 from pydantic import BaseModel, Field, field_validator
+
+from exo_core.lan.wire import STRICT, Capabilities
 
 #: Most peers one HELLO or HELLO_REPLY lists (gossip); the most recently seen are sent.
 MAX_GOSSIP = 64

@@ -14,8 +14,7 @@ if TYPE_CHECKING:
 
 def build(ctx: ComponentContext) -> TcpDiscovery:
     """Factory of the ``tcp`` discovery module."""
-    from exo_discovery_udp.netif import parse_names
-
+    from exo_core.lan.netif import parse_names
     from exo_core.topology.device import device_capabilities
     from exo_discovery_tcp.discovery import TcpDiscovery
 

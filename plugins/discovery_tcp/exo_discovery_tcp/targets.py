@@ -8,9 +8,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exo_discovery_udp.netif import Interface
-
 from exo_core.errors import ConfigError
+from exo_core.lan.netif import Interface
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 import pytest
-from discovery_testkit import RecordingSink, driver, peers_are
 from exo_discovery_tcp.discovery import TcpDiscovery
 
 from exo_core.errors import ConfigError
+from exo_core.lan.testing import RecordingSink, driver, peers_are
 from exo_core.testing import find_free_ports
 
 CAPS = {"model": "box", "chip": "chip", "memory": 1024, "flops": {"fp32": 1.0, "fp16": 2.0, "int8": 4.0}}
@@ -84,8 +84,11 @@ async def test_a_killed_process_is_dropped() -> None:
     async with anyio.create_task_group() as tg:
         await start(tg, make("a", "127.0.0.21", port, []), a)
         await start(tg, make("b", "127.0.0.22", port, ["127.0.0.21"]), b)
-        spec = {"module": "tcp", "kwargs": loopback_kwargs("victim", "127.0.0.23", port, ["127.0.0.22"])}
-        async with driver(spec) as victim:
+        spec = {
+            "factory": "exo_discovery_tcp.discovery:TcpDiscovery",
+            "kwargs": loopback_kwargs("victim", "127.0.0.23", port, ["127.0.0.22"]),
+        }
+        async with driver(**spec) as victim:
             await victim.wait_for(lambda s: set(s.peers) == {"a", "b"}, within=10)
             await a.wait_for(lambda s: "victim" in s.peers)
             victim.kill()

@@ -8,7 +8,8 @@ from typing import Any
 
 import anyio
 import pytest
-from discovery_testkit import NetnsNode, driver, netns_lan, netns_unavailable, peers_are
+
+from exo_core.lan.testing import NetnsNode, driver, netns_lan, netns_unavailable, peers_are
 
 _REASON = netns_unavailable()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
@@ -23,7 +24,7 @@ def lan() -> Iterator[list[NetnsNode]]:
 
 def tcp_spec(i: int, node: NetnsNode, key: str | None = "lan-key") -> dict[str, Any]:
     return {
-        "module": "tcp",
+        "factory": "exo_discovery_tcp.discovery:TcpDiscovery",
         "kwargs": {
             "node_id": f"ns{i}",
             "node_port": 50051,
@@ -44,9 +45,9 @@ def tcp_spec(i: int, node: NetnsNode, key: str | None = "lan-key") -> dict[str, 
 @pytest.mark.timeout(90)
 async def test_tcp_subnet_scan_in_namespaces_and_a_departure(lan: list[NetnsNode]) -> None:
     async with (
-        driver(tcp_spec(0, lan[0]), netns=lan[0].netns) as n0,
-        driver(tcp_spec(1, lan[1]), netns=lan[1].netns) as n1,
-        driver(tcp_spec(2, lan[2]), netns=lan[2].netns) as n2,
+        driver(**tcp_spec(0, lan[0]), netns=lan[0].netns) as n0,
+        driver(**tcp_spec(1, lan[1]), netns=lan[1].netns) as n1,
+        driver(**tcp_spec(2, lan[2]), netns=lan[2].netns) as n2,
     ):
         for i, proc in enumerate((n0, n1, n2)):
             others = {f"ns{j}" for j in range(3) if j != i}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from exo_discovery_tcp.targets import parse_targets, subnet_hosts
-from exo_discovery_udp.netif import Interface
+
+from exo_core.lan.netif import Interface
 
 
 def test_target_forms() -> None:

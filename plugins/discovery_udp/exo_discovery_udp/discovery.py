@@ -24,9 +24,9 @@ from anyio.abc import TaskStatus, UDPSocket
 
 from exo_core.discovery import DiscoveredPeer, DiscoverySink
 from exo_core.errors import ConfigError
-from exo_discovery_udp import netif, wire
+from exo_core.lan import netif, wire
+from exo_core.lan.peers import LanPeerTable
 from exo_discovery_udp.messages import Announce, Bye
-from exo_discovery_udp.table import PeerTable
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class UdpDiscovery:
         self._inst = secrets.token_hex(8)
         self._seq = 0
         self._runs: OrderedDict[str, _Runs] = OrderedDict()  # node id -> its runs, least recent first
-        self._bad = wire.RateLimitedLog(log)
+        self._bad = wire.BadInputLog(log)
 
     def targets(self) -> list[str]:
         """Where the next announcement goes: each selected interface's broadcast address, then the extras."""
@@ -122,7 +122,7 @@ class UdpDiscovery:
                 "listening only (this node will not be found by others)"
             )
         sock = await self._bind()
-        table = PeerTable(sink, timeout=self.peer_timeout)
+        table = LanPeerTable(sink, timeout=self.peer_timeout)
         async with sock:
             log.info(
                 "udp discovery on %s:%d, announcing to %s every %g s",
@@ -191,16 +191,16 @@ class UdpDiscovery:
             await self._send_all(sock, wire.MessageType.ANNOUNCE, self._announce())
             await anyio.sleep(self.interval * random.uniform(0.9, 1.1))  # jitter avoids lockstep senders
 
-    async def _expire_loop(self, table: PeerTable) -> None:
+    async def _expire_loop(self, table: LanPeerTable) -> None:
         while True:
             await anyio.sleep(min(self.interval, self.peer_timeout / 4))
             await table.expire()
 
-    async def _receive_loop(self, sock: UDPSocket, table: PeerTable) -> None:
+    async def _receive_loop(self, sock: UDPSocket, table: LanPeerTable) -> None:
         async for data, (host, _port) in sock:
             await self.handle_datagram(data, host, table)
 
-    async def handle_datagram(self, data: bytes, host: str, table: PeerTable) -> None:
+    async def handle_datagram(self, data: bytes, host: str, table: LanPeerTable) -> None:
         """Validate one datagram from ``host`` and update ``table``; bad input is logged and ignored."""
         try:
             frame = wire.decode(data, self._auth, max_body=wire.MAX_UDP_BODY)

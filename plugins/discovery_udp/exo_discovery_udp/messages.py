@@ -1,10 +1,10 @@
-"""Bodies of the UDP discovery messages (JSON objects inside a :mod:`exo_discovery_udp.wire` frame)."""
+"""Bodies of the UDP discovery messages (JSON objects inside a :mod:`exo_core.lan.wire` frame)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from exo_discovery_udp.wire import STRICT, Capabilities
+from exo_core.lan.wire import STRICT, Capabilities
 
 
 class Announce(BaseModel):

@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 
 def build(ctx: ComponentContext) -> UdpDiscovery:
     """Factory of the ``udp`` discovery module."""
+    from exo_core.lan.netif import parse_names
     from exo_core.topology.device import device_capabilities
     from exo_discovery_udp.discovery import UdpDiscovery
-    from exo_discovery_udp.netif import parse_names
 
     settings = ctx.settings if isinstance(ctx.settings, UdpDiscoverySettings) else UdpDiscoverySettings()
     key = ctx.core.cluster_key_text()

@@ -8,12 +8,12 @@ from typing import Any
 
 import anyio
 import pytest
-from discovery_testkit import RecordingSink, driver, free_udp_port, peers_are
-from exo_discovery_udp import wire
 from exo_discovery_udp.discovery import UdpDiscovery
 from exo_discovery_udp.messages import Announce, Bye
 
 from exo_core.errors import ConfigError
+from exo_core.lan import wire
+from exo_core.lan.testing import RecordingSink, driver, free_udp_port, peers_are
 
 CAPS = {
     "model": "test box",
@@ -89,8 +89,11 @@ async def test_a_killed_node_is_dropped_after_the_timeout() -> None:
     async with anyio.create_task_group() as tg:
         for i, sink in enumerate(sinks):
             await tg.start(make(f"n{i}", 50010 + i, port).run, sink)
-        spec = {"module": "udp", "kwargs": loopback_kwargs("victim", 50019, port)}
-        async with driver(spec) as victim:
+        spec = {
+            "factory": "exo_discovery_udp.discovery:UdpDiscovery",
+            "kwargs": loopback_kwargs("victim", 50019, port),
+        }
+        async with driver(**spec) as victim:
             await victim.wait_for(lambda s: {"n0", "n1"} <= set(s.peers))
             for sink in sinks:
                 await sink.wait_for(lambda s: "victim" in s.peers)

@@ -12,7 +12,8 @@ from typing import Any
 
 import anyio
 import pytest
-from discovery_testkit import NetnsNode, driver, netns_lan, netns_unavailable, peers_are
+
+from exo_core.lan.testing import NetnsNode, driver, netns_lan, netns_unavailable, peers_are
 
 _REASON = netns_unavailable()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
@@ -28,7 +29,7 @@ def lan() -> Iterator[list[NetnsNode]]:
 
 def udp_spec(i: int, node: NetnsNode) -> dict[str, Any]:
     return {
-        "module": "udp",
+        "factory": "exo_discovery_udp.discovery:UdpDiscovery",
         "kwargs": {
             "node_id": f"ns{i}",
             "node_port": 50051,
@@ -44,9 +45,9 @@ def udp_spec(i: int, node: NetnsNode) -> dict[str, Any]:
 @pytest.mark.timeout(90)
 async def test_udp_in_namespaces_uses_the_real_netmask_and_notices_a_departure(lan: list[NetnsNode]) -> None:
     async with (
-        driver(udp_spec(0, lan[0]), netns=lan[0].netns) as n0,
-        driver(udp_spec(1, lan[1]), netns=lan[1].netns) as n1,
-        driver(udp_spec(2, lan[2]), netns=lan[2].netns) as n2,
+        driver(**udp_spec(0, lan[0]), netns=lan[0].netns) as n0,
+        driver(**udp_spec(1, lan[1]), netns=lan[1].netns) as n1,
+        driver(**udp_spec(2, lan[2]), netns=lan[2].netns) as n2,
     ):
         procs = [n0, n1, n2]
         for i, proc in enumerate(procs):

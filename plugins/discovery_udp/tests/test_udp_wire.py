@@ -6,11 +6,11 @@ import json
 import struct
 
 import pytest
-from exo_discovery_udp import wire
 from exo_discovery_udp.messages import Announce
 from pydantic import BaseModel
 
 from exo_core.errors import ConfigError
+from exo_core.lan import wire
 
 OPEN = wire.ClusterAuth.from_key(None)
 K1 = wire.ClusterAuth.from_key("key one")

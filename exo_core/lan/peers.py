@@ -1,6 +1,7 @@
 """A table of live peers that reports changes to a sink and forgets peers not heard from in time.
 
-Shared by the ``udp`` and ``tcp`` discovery modules; independent of how peers are heard from.
+Shared by the ``udp`` and ``tcp`` discovery modules; independent of how peers are heard from. Named apart from
+the transport's table of connected peers: this one only holds addresses that discovery suggests.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class _Entry:
     last_seen: float
 
 
-class PeerTable:
+class LanPeerTable:
     """Live peers by key; reports each new or changed peer once and each departure once.
 
     Args:

@@ -1,4 +1,4 @@
-"""The discovery wire format shared by the ``udp`` and ``tcp`` discovery modules.
+"""The discovery wire format shared by the ``udp`` and ``tcp`` discovery modules (and open to others).
 
 Every discovery message is one frame::
 
@@ -14,8 +14,11 @@ Every discovery message is one frame::
 
 The cluster id and the auth key are both derived from the cluster key with HMAC-SHA256 (domain separated
 from the transport's use of the same key), so the key itself never crosses the wire. A node only accepts
-frames whose cluster id equals its own; with a key set it also requires a valid tag. This module is pure
-(no I/O) and independent of the rest of the package, so other discovery plugins can reuse it.
+frames whose cluster id equals its own; with a key set it also requires a valid tag. The codec is pure
+(no I/O); :class:`BadInputLog` only logs. Each discovery module defines its message bodies as pydantic
+models with :data:`STRICT` (the first-party ones: ``exo_discovery_udp.messages`` and
+``exo_discovery_tcp.messages``).
+Normative description with a test vector: docs/discovery.md, "Message formats".
 """
 
 from __future__ import annotations
@@ -87,8 +90,8 @@ class ClusterAuth:
 
 
 @dataclass(frozen=True)
-class Frame:
-    """A decoded, verified frame."""
+class DiscoveryFrame:
+    """A decoded, verified discovery frame (not the transport's :class:`exo_core.protocol.frame.Frame`)."""
 
     type: MessageType
     body: dict[str, Any]
@@ -149,7 +152,7 @@ def parse_header(data: bytes, auth: ClusterAuth, *, max_body: int) -> Header:
     return Header(msg_type, flags, cluster_id, size)
 
 
-def decode(data: bytes, auth: ClusterAuth, *, max_body: int) -> Frame:
+def decode(data: bytes, auth: ClusterAuth, *, max_body: int) -> DiscoveryFrame:
     """Decode and verify one complete frame. Raises :class:`WireError` saying what is wrong."""
     header = parse_header(data, auth, max_body=max_body)
     if len(data) != header.frame_size:
@@ -165,10 +168,10 @@ def decode(data: bytes, auth: ClusterAuth, *, max_body: int) -> Frame:
         raise WireError(f"body is not UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise WireError(f"body is a JSON {type(body).__name__}, expected an object")
-    return Frame(header.type, body)
+    return DiscoveryFrame(header.type, body)
 
 
-def validate(model: type[M], frame: Frame) -> M:
+def validate(model: type[M], frame: DiscoveryFrame) -> M:
     """Validate a frame's body against a message model; raises :class:`WireError` naming the field."""
     try:
         return model.model_validate(frame.body)
@@ -214,7 +217,7 @@ class Capabilities(BaseModel):
             raise ConfigError(f"this device's capabilities are invalid: {where}: {first['msg']}") from None
 
 
-class RateLimitedLog:
+class BadInputLog:
     """Logs bad input at WARNING, at most once per source and kind of problem per ``interval`` seconds.
 
     A flood of bad datagrams (a misconfigured node, another program on the port) must not flood the log;

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from exo_discovery_udp.netif import Interface, ipv4_interfaces, parse_names, select_interfaces
 
 from exo_core.errors import ConfigError
+from exo_core.lan.netif import Interface, ipv4_interfaces, parse_names, select_interfaces
 
 
 @pytest.mark.skipif(sys.platform != "linux" or shutil.which("ip") is None, reason="needs Linux and iproute2")

@@ -1,5 +1,21 @@
-"""Test helpers shared by the UDP and TCP discovery tests: a recording sink, discovery processes, and
-throwaway network namespaces joined by a bridge (the only non-loopback network the tests ever touch)."""
+"""Test helpers for discovery modules: a recording sink, a module running in a child process, and throwaway
+network namespaces joined by a bridge (the only non-loopback network the tests ever touch).
+
+Used by the ``manual``, ``udp`` and ``tcp`` discovery tests, and open to third-party discovery modules::
+
+    from exo_core.lan.testing import RecordingSink, driver, peers_are
+
+    async def test_two_nodes_find_each_other() -> None:
+        sink = RecordingSink()
+        ...  # run your module with ``await tg.start(module.run, sink)``
+        await sink.wait_for(peers_are({"node-b"}), within=10)
+
+        # or in a child process that a test may SIGKILL:
+        async with driver("exo_discovery_udp.discovery:UdpDiscovery", {"node_id": "a", ...}) as child:
+            await child.wait_for(peers_are({"node-b"}))
+
+Nothing here is a pytest plugin or needs pytest; importing it starts nothing.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +29,24 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
+from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
 from exo_core.discovery import DiscoveredPeer
 
-DRIVER = Path(__file__).with_name("discovery_driver.py")
+__all__ = [
+    "DriverProcess",
+    "NetnsNode",
+    "RecordingSink",
+    "driver",
+    "free_udp_port",
+    "netns_lan",
+    "netns_unavailable",
+    "peers_are",
+]
 
 
 class RecordingSink:
@@ -46,7 +71,7 @@ class RecordingSink:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def wait_for(self, predicate: Callable[[RecordingSink], bool], within: float = 10.0) -> None:
+    async def wait_for(self, predicate: Callable[[Self], bool], within: float = 10.0) -> None:
         """Wait until ``predicate(self)`` holds; fail the test after ``within`` seconds."""
         with anyio.move_on_after(within):
             while not predicate(self):
@@ -61,21 +86,29 @@ def peers_are(expected: set[str]) -> Callable[[RecordingSink], bool]:
 
 
 def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 class DriverProcess(RecordingSink):
-    """A discovery module running in a child process (see discovery_driver.py), seen through its events."""
+    """A discovery module running in a child process (see :func:`driver`), seen through its events.
 
-    def __init__(self, process: anyio.abc.Process) -> None:
+    Attributes:
+        process: the child process.
+        started: the module called ``task_status.started()``.
+        exited: the child's stdout closed (it exited or is about to).
+    """
+
+    def __init__(self, process: Process) -> None:
         super().__init__()
         self.process = process
         self.started = False
         self.exited = False
 
     async def pump(self) -> None:
+        """Read the child's event lines into this sink until its stdout closes."""
         assert self.process.stdout is not None
         buffer = ""
         async for chunk in TextReceiveStream(self.process.stdout):
@@ -107,9 +140,23 @@ class DriverProcess(RecordingSink):
 
 
 @asynccontextmanager
-async def driver(spec: dict[str, Any], *, netns: str | None = None) -> AsyncIterator[DriverProcess]:
-    """Start a discovery module in a child process (inside ``netns`` if given) and wait until it started."""
-    cmd = [sys.executable, str(DRIVER), json.dumps(spec)]
+async def driver(
+    factory: str, kwargs: dict[str, Any], *, netns: str | None = None
+) -> AsyncIterator[DriverProcess]:
+    """Run a discovery module in a child process (inside network namespace ``netns`` if given) and wait,
+    at most 20 s, until it started.
+
+    Args:
+        factory: ``"package.module:attribute"``, called with ``kwargs`` in the child; it must return an
+            :class:`exo_core.discovery.Discovery` (e.g. ``"exo_discovery_udp.discovery:UdpDiscovery"``).
+        kwargs: JSON-serialisable keyword arguments for the factory.
+        netns: a network namespace name (``ip netns exec``), e.g. from :func:`netns_lan`.
+
+    On exit, stdin is closed (a clean stop: the module says goodbye) and the child gets 5 s to end
+    before it is killed. :meth:`DriverProcess.kill` ends it without a goodbye.
+    """
+    spec = json.dumps({"factory": factory, "kwargs": kwargs})
+    cmd = [sys.executable, "-m", "exo_core.lan._driver", spec]
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     process = await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
@@ -117,8 +164,11 @@ async def driver(spec: dict[str, Any], *, netns: str | None = None) -> AsyncIter
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(proc.pump)
-            await proc.wait_for(lambda p: p.started or p.exited, within=20)  # type: ignore[attr-defined]
-            assert proc.started, f"discovery process exited early with code {process.returncode}"
+            await proc.wait_for(lambda p: p.started or p.exited, within=20)
+            if not proc.started:
+                with anyio.move_on_after(5):
+                    await process.wait()
+                raise AssertionError(f"discovery process exited early with code {process.returncode}")
             yield proc
             tg.cancel_scope.cancel()
     finally:

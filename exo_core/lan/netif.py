@@ -1,8 +1,9 @@
 """This machine's IPv4 interfaces with their real netmasks (``getifaddrs(3)`` through ctypes).
 
-Used by the ``udp`` module (directed broadcast address per interface) and the ``tcp`` module (local
-subnets to scan). Nothing assumes a /24: the network of each address comes from its own netmask.
-Pure stdlib, Linux and macOS/BSD; elsewhere :func:`ipv4_interfaces` returns an empty list.
+Used by the ``udp`` discovery module (directed broadcast address per interface) and the ``tcp`` one
+(local subnets to scan), and open to third-party discovery modules. Nothing assumes a /24: the network
+of each address comes from its own netmask. Pure stdlib, Linux and macOS/BSD; elsewhere
+:func:`ipv4_interfaces` returns an empty list.
 """
 
 from __future__ import annotations
