@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 def node_command(cli: Cli, ns: argparse.Namespace) -> int:
     """Start a node with the selected components and serve until interrupted."""
-    from exo_core.orchestration.launch import run_node
+    from exo_core.launch import run_node
 
     return run_node(cli, ns, cli.core_settings(ns))
 
@@ -26,6 +26,6 @@ def ping_command(cli: Cli, ns: argparse.Namespace) -> int:
 
 def run_command(cli: Cli, ns: argparse.Namespace) -> int:
     """``exo run MODEL --prompt TEXT``."""
-    from exo_core.orchestration.launch import run_prompt
+    from exo_core.launch import run_prompt
 
     return run_prompt(cli, ns, cli.core_settings(ns))

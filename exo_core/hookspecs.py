@@ -3,8 +3,10 @@
 Each hook receives a ``register`` callable (:class:`exo_core.components.RegisterComponent`) and adds zero
 or more named components by calling it. Hooks are synchronous and cheap: they must not import heavy
 libraries or start any work; what they register (the component factories) does that when selected.
-All four are called once per process, after every plugin is loaded, in plugin registration order
-(built-ins first). See docs/plugins.md for a worked example.
+All four are called once per process, after every plugin is loaded, through pluggy (``pm.hook``), so
+``tryfirst``/``trylast`` and hook wrappers apply; components are listed in plugin registration order
+(built-ins first), ``tryfirst`` plugins before and ``trylast`` ones after. See docs/plugins.md for a worked
+example.
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ import pluggy
 import pytest
 
 from exo_core.nodeproc import NodeProcess, find_free_ports
-from exo_core.plugins import Plugins, load_plugins, make_manager
+from exo_core.plugins import BUILTIN_PLUGINS, Plugins, load_plugins, make_manager
+from exo_core.transport.memory import MemoryNetwork, MemoryTransport
 
-__all__ = ["NodeProcess", "find_free_ports"]
+__all__ = ["MemoryNetwork", "MemoryTransport", "NodeProcess", "find_free_ports"]
 
 
 @pytest.fixture
@@ -42,18 +43,16 @@ def exo_plugin_manager() -> pluggy.PluginManager:
 
 
 @pytest.fixture
-def exo_load_plugins(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Plugins]:
+def exo_load_plugins() -> Callable[..., Plugins]:
     """Load given plugins (name, module) into a fresh manager and return the filled registry."""
 
     def load(*plugins: tuple[str, Any], builtins: bool = True, entry_points: bool = False) -> Plugins:
-        from exo_core import plugins as plugins_module
-
-        with monkeypatch.context() as m:
-            if not builtins:
-                m.setattr(plugins_module, "BUILTIN_PLUGINS", {})
-            if not entry_points:
-                m.setattr(plugins_module, "entry_points", lambda group: [])
-            return load_plugins(env={}, extra=plugins)
+        return load_plugins(
+            env={},
+            extra=plugins,
+            builtins=BUILTIN_PLUGINS if builtins else {},
+            entry_points=None if entry_points else (),
+        )
 
     return load
 

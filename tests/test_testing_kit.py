@@ -42,3 +42,12 @@ def test_config_dir_isolates_node_id(exo_config_dir: Path) -> None:
     first = CoreSettings().resolve_node_id()
     assert (exo_config_dir / "node_id").read_text().strip() == first
     assert CoreSettings().resolve_node_id() == first
+
+
+def test_load_plugins_builtins_and_entry_points_on_request(exo_load_plugins: Callable[..., Plugins]) -> None:
+    plugins = exo_load_plugins()
+    assert plugins.registry.names("transport") == ["tcp"]
+    assert plugins.registry.names("discovery") == []
+    with_installed = exo_load_plugins(entry_points=True)
+    assert {"manual", "direct", "udp", "tcp"} <= set(with_installed.registry.names("discovery"))
+    assert exo_load_plugins(builtins=False).registry.names("transport") == []

@@ -1,4 +1,9 @@
-"""From parsed command line to a running node: ``exo`` (serve) and ``exo run`` (one prompt)."""
+"""From parsed command line to a running node: ``exo`` (serve) and ``exo run`` (one prompt).
+
+This is the command-line side of starting a node: it turns flags into settings and selected components,
+then hands :class:`~exo_core.orchestration.node.Node` only settings objects and built components, so
+orchestration never sees ``argparse`` (nor imports the CLI).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from exo_core.api.backend import BackendError, Finished, SamplingParams, TokenEvent
-from exo_core.components import Kind
+from exo_core.components import KINDS
 from exo_core.orchestration.node import Node
 from exo_core.settings import CoreSettings
 from exo_core.topology.device import device_capabilities
@@ -22,8 +27,6 @@ if TYPE_CHECKING:
     from exo_core.cli import Cli
 
 log = logging.getLogger(__name__)
-
-KINDS: tuple[Kind, ...] = ("discovery", "transport", "partitioner", "engine")
 
 
 def build_node(cli: Cli, ns: argparse.Namespace, core: CoreSettings) -> Node:
