@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exo_core.api import formats
 from exo_core.api.backend import BackendError, ChatBackend
 from exo_core.api.errors import APIError, api_error_handler, http_exception_handler, internal_error_handler
+from exo_core.api.metrics import Metrics, MetricsMiddleware, metrics_route
 from exo_core.api.origin import OriginMiddleware, parse_allowed_hosts, parse_cors_origins
 from exo_core.api.routes import Limits, OpenAIRoutes
 
@@ -87,7 +88,8 @@ def create_app(
         max_in_flight=max_in_flight,
         max_queued=max_queued,
     )
-    openai = OpenAIRoutes(backend, limits)
+    metrics = Metrics()
+    openai = OpenAIRoutes(backend, limits, metrics)
     info = _InfoRoutes(backend)
     routes: list[BaseRoute] = [
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
@@ -96,11 +98,24 @@ def create_app(
         Route("/v1/models/{model_id:path}", info.get_model, methods=["GET"]),
         Route("/v1/topology", info.topology, methods=["GET"]),
         Route("/healthcheck", info.health, methods=["GET"]),
+        Route(
+            "/metrics",
+            metrics_route(
+                metrics,
+                lambda: {
+                    "exo_requests_generating": openai.admission.in_flight,
+                    "exo_requests_queued": openai.admission.queued,
+                },
+                backend.health,
+            ),
+            methods=["GET"],
+        ),
         Route("/", _PageHeaders(_index_page), methods=["GET", "HEAD"]),
         Mount("/static", app=_PageHeaders(StaticFiles(directory=STATIC_DIR)), name="static"),
     ]
     # Origin checks and CORS preflights come before the API-key check: a preflight never carries the key.
     middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(NoTrailingSlash),
         Middleware(
             OriginMiddleware, bind_host=bind_host, allowed_hosts=allowed_hosts, cors_origins=cors_origins

@@ -27,6 +27,7 @@ from exo_core.api.backend import (
     TokenEvent,
 )
 from exo_core.api.errors import APIError
+from exo_core.api.metrics import Metrics
 from exo_core.api.stops import Released, StopFilter
 
 log = logging.getLogger("exo_core.api")
@@ -47,6 +48,7 @@ class Generation:
         params: sampling parameters.
         stops: stop strings.
         idle_timeout: longest wait for any one event from the backend (``None``: unbounded).
+        metrics: where the ended generation is counted (``GET /metrics``), if anywhere.
 
     Usage::
 
@@ -68,6 +70,7 @@ class Generation:
         params: SamplingParams,
         stops: Sequence[str],
         idle_timeout: float | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._backend = backend
         self.request_id = request_id
@@ -81,6 +84,8 @@ class Generation:
         self._peeked: BackendEvent | None = None
         self._closed = False
         self._t0 = time.monotonic()
+        self._metrics = metrics
+        self._first_token_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: FinishReason | None = None
@@ -109,6 +114,15 @@ class Generation:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._metrics is not None:
+            failed = isinstance(exc, APIError)
+            self._metrics.generation_ended(
+                reason=self.finish_reason or ("error" if failed else "cancelled"),
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                ttft=None if self._first_token_at is None else self._first_token_at - self._t0,
+                seconds=time.monotonic() - self._t0,
+            )
         if self.finish_reason is None:
             why = "cancelled (client gone or server stopping)" if exc_type is not None else "abandoned"
             if isinstance(exc, APIError):
@@ -152,6 +166,8 @@ class Generation:
         while self.finish_reason is None:
             event = await self._next_event()
             if isinstance(event, TokenEvent):
+                if self._first_token_at is None:
+                    self._first_token_at = time.monotonic()
                 self.completion_tokens += 1
                 released = self._filter.feed(event)
                 if self._filter.stopped:

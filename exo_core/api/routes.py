@@ -23,6 +23,7 @@ from exo_core.api.backend import ChatBackend
 from exo_core.api.errors import APIError
 from exo_core.api.formats import Envelope
 from exo_core.api.generation import Generation
+from exo_core.api.metrics import Metrics
 from exo_core.api.parsing import read_json_object, resolve_model, validate
 from exo_core.api.responses import GenerationResponse, ResponseWriter
 from exo_core.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -52,9 +53,10 @@ class Limits:
 class OpenAIRoutes:
     """Handlers of the generating routes, bound to one backend."""
 
-    def __init__(self, backend: ChatBackend, limits: Limits) -> None:
+    def __init__(self, backend: ChatBackend, limits: Limits, metrics: Metrics | None = None) -> None:
         self._backend = backend
         self._limits = limits
+        self._metrics = metrics
         self.admission = Admission(limits.max_in_flight, limits.max_queued)
 
     async def _admitted(
@@ -88,6 +90,7 @@ class OpenAIRoutes:
             params=req.sampling(),
             stops=req.stop_strings(),
             idle_timeout=self._limits.idle_timeout,
+            metrics=self._metrics,
         )
 
     async def chat_completions(self, request: Request) -> Response:

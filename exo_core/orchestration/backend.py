@@ -135,6 +135,8 @@ class NodeBackend:
         self.failover_retries = failover_retries
         #: set when the node is shutting down: new requests get 503 (see :meth:`Node.drain`)
         self.draining = False
+        #: requests moved to a new plan so far (``GET /metrics``: ``exo_failovers_total``)
+        self.failovers = 0
         #: the latest failovers, shown by ``/v1/topology`` as ``recent_events``
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self._last_plan: tuple[str, int, Plan] | None = None
@@ -154,6 +156,7 @@ class NodeBackend:
             "peers": len(self.cluster.own.neighbors),
             "nodes": len(self.cluster.reachable()),
             "requests_in_flight": len(self.tracker),
+            "failovers": self.failovers,
         }
 
     def topology(self) -> dict[str, Any]:
@@ -437,6 +440,7 @@ class NodeBackend:
                 f"({exc.message}); retry the request when they are back",
             ) from None
         self._note_event(request_id, "failover", lost, failure.message)
+        self.failovers += 1
         log.warning(
             "request %s: %s; lost node(s) %s; moving it to plan %s (retry %d of %d)",
             request_id,
