@@ -86,6 +86,10 @@ def validation_error(exc: ValidationError) -> APIError:
     # one that says what is wrong inside the value the client meant.
     first = max(errors, key=lambda e: len(_dotted(e.get("loc", ()))))
     param = _dotted(first.get("loc", ()))
+    cause = (first.get("ctx") or {}).get("error")
+    blamed = getattr(cause, "param", None)  # a check across fields names the one at fault
+    if isinstance(blamed, str) and not param:
+        param = blamed
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = "field required"

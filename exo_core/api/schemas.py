@@ -28,6 +28,15 @@ LOGIT_BIAS_RANGE = 100.0
 _DIGITS = re.compile(r"[0-9]+")
 
 
+class FieldError(ValueError):
+    """A check across fields that blames one of them: the 400 names ``param`` (a plain ``ValueError`` from a
+    model validator would name none)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -155,16 +164,22 @@ class ChatCompletionRequest(_Common):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    tool_choice: Any = None
     response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _check_unsupported(self) -> ChatCompletionRequest:
-        if self.tools or self.functions:
-            raise ValueError("tools and functions are not supported by this server")
+        if self.tools:
+            raise FieldError("tools", "tools are not supported by this server")
+        if self.functions:
+            raise FieldError("functions", "functions are not supported by this server")
+        if self.tool_choice not in (None, "none"):
+            raise FieldError("tool_choice", "tool_choice is only allowed when tools are given")
         if self.response_format and self.response_format.get("type") not in (None, "text"):
-            raise ValueError("response_format: only {'type': 'text'} is supported")
+            raise FieldError("response_format", "only {'type': 'text'} is supported")
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs=true")
+            raise FieldError("top_logprobs", "top_logprobs requires logprobs=true")
+        _check_stream_options(self)
         return self
 
     def sampling(self) -> SamplingParams:
@@ -185,6 +200,11 @@ class ChatCompletionRequest(_Common):
         )
 
 
+def _check_stream_options(req: _Common) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise FieldError("stream_options", "stream_options is only allowed when stream is true")
+
+
 #: OpenAI's default ``max_tokens`` for legacy completions.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -201,13 +221,14 @@ class CompletionRequest(_Common):
     @model_validator(mode="after")
     def _check_unsupported(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: give one string (batches of prompts are not supported)")
+            raise FieldError("prompt", "give one string (batches of prompts are not supported)")
         if self.echo:
-            raise ValueError("echo=true is not supported")
+            raise FieldError("echo", "echo=true is not supported")
         if self.suffix:
-            raise ValueError("suffix is not supported")
+            raise FieldError("suffix", "suffix is not supported")
         if self.best_of is not None and self.best_of != 1:
-            raise ValueError("only best_of=1 is supported")
+            raise FieldError("best_of", "only best_of=1 is supported")
+        _check_stream_options(self)
         return self
 
     def prompt_text(self) -> str:

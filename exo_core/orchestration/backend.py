@@ -291,6 +291,14 @@ class NodeBackend:
         n_layers, head_layers = loaded.config.n_layers, loaded.head_layers
         plan = self.plan(model, n_layers, head_layers, model_bytes=loaded.model_bytes)
         room = loaded.config.context_length - len(ids)
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise BackendError(
+                400,
+                "context_length_exceeded",
+                f"the model's context is {loaded.config.context_length} tokens and the prompt has "
+                f"{len(ids)}: max_tokens may be at most {room} (got {params.max_tokens})",
+                param="max_tokens",
+            )
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
         max_tokens = max(1, max_tokens)
         sampling = wire.SamplingParams(

@@ -54,21 +54,37 @@ CHAT_CASES: list[tuple[str, Any, str | None]] = [
     ("too many stops", {"messages": MSG, "stop": [str(i) for i in range(17)]}, "stop"),
     ("n=2", {"messages": MSG, "n": 2}, "n"),
     ("top_logprobs too high", {"messages": MSG, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ("top_logprobs without logprobs", {"messages": MSG, "top_logprobs": 2}, None),
-    ("tools", {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, None),
-    ("json response_format", {"messages": MSG, "response_format": {"type": "json_object"}}, None),
+    ("top_logprobs without logprobs", {"messages": MSG, "top_logprobs": 2}, "top_logprobs"),
+    ("tools", {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("functions", {"messages": MSG, "functions": [{"name": "f"}]}, "functions"),
+    ("tool_choice without tools", {"messages": MSG, "tool_choice": "auto"}, "tool_choice"),
+    (
+        "stream_options without stream",
+        {"messages": MSG, "stream_options": {"include_usage": True}},
+        "stream_options",
+    ),
+    (
+        "json response_format",
+        {"messages": MSG, "response_format": {"type": "json_object"}},
+        "response_format",
+    ),
     ("presence_penalty out of range", {"messages": MSG, "presence_penalty": 3}, "presence_penalty"),
 ]
 
 COMPLETION_CASES: list[tuple[str, Any, str | None]] = [
     ("missing prompt", {"model": MODEL}, "prompt"),
     ("prompt of token ids", {"prompt": [1, 2, 3]}, "prompt[0]"),
-    ("two prompts", {"prompt": ["a", "b"]}, None),
+    ("two prompts", {"prompt": ["a", "b"]}, "prompt"),
     ("logprobs bool", {"prompt": "a", "logprobs": True}, "logprobs"),
     ("logprobs negative", {"prompt": "a", "logprobs": -1}, "logprobs"),
-    ("echo", {"prompt": "a", "echo": True}, None),
-    ("suffix", {"prompt": "a", "suffix": "z"}, None),
-    ("best_of", {"prompt": "a", "best_of": 3}, None),
+    ("echo", {"prompt": "a", "echo": True}, "echo"),
+    ("suffix", {"prompt": "a", "suffix": "z"}, "suffix"),
+    ("best_of", {"prompt": "a", "best_of": 3}, "best_of"),
+    (
+        "stream_options without stream",
+        {"prompt": "a", "stream_options": {"include_usage": True}},
+        "stream_options",
+    ),
     ("max_tokens negative", {"prompt": "a", "max_tokens": -1}, "max_tokens"),
 ]
 

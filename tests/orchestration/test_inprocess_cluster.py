@@ -255,3 +255,30 @@ async def test_concurrent_requests_on_a_line_each_match_one_node(
         for node in c.nodes.values():
             assert len(node.tracker) == 0  # every request ended everywhere
     assert results == reference
+
+
+async def test_max_tokens_beyond_the_context_is_a_400_naming_it(tiny_model: Path, tmp_path: Path) -> None:
+    """OpenAI answers 400 when prompt + max_tokens exceed the context; it is not silently clipped."""
+    async with cluster(tiny_model, tmp_path, ["solo"], lambda net: None) as c:
+        node = c.nodes["solo"]
+        with anyio.fail_after(30), pytest.raises(BackendError) as refused:
+            await generate(node, "the cat", SamplingParams(max_tokens=1000, temperature=0.0))
+        assert refused.value.status == 400 and refused.value.param == "max_tokens"
+        assert "at most" in refused.value.message and "(got 1000)" in refused.value.message
+        # one token over the room is refused; the room itself is accepted
+        loaded = await node.catalog.load(node.catalog.default_model)
+        room = loaded.config.context_length - len(loaded.tokenizer.encode("the cat"))
+        for max_tokens, refused_expected in ((room + 1, True), (room, False)):
+            events = node.backend.generate(
+                model=node.catalog.default_model,
+                messages=None,
+                prompt="the cat",
+                params=SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                request_id=f"room-{max_tokens}",
+            )
+            if refused_expected:
+                with pytest.raises(BackendError):
+                    await anext(events)
+            else:
+                assert isinstance(await anext(events), Started)
+                await events.aclose()  # type: ignore[attr-defined]
