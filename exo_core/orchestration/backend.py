@@ -38,11 +38,12 @@ from exo_core.errors import ExoError
 from exo_core.models.chat import render_chat
 from exo_core.models.errors import ModelError, ModelNotFoundError
 from exo_core.orchestration.catalog import Catalog, LoadedModel
+from exo_core.orchestration.checks import check_length, check_memory, checked_logit_bias
 from exo_core.orchestration.requests import RequestFailed, RequestTracker
 from exo_core.protocol import inference as wire
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.topology.cluster import ClusterView
-from exo_core.topology.partition import NoCapacityError, NodeResources, Partitioner, Plan, fold_head
+from exo_core.topology.partition import NoCapacityError, Partitioner, Plan, fold_head
 
 log = logging.getLogger(__name__)
 
@@ -52,58 +53,6 @@ MAX_WIRE_TOKENS = 2**32 - 1
 LOSS_GRACE = 1.0
 #: failovers remembered for ``/v1/topology``
 RECENT_EVENTS = 32
-
-
-def checked_logit_bias(bias: tuple[tuple[int, float], ...], vocab_size: int) -> tuple[tuple[int, float], ...]:
-    """``bias`` if every token id is in the model's vocabulary, else a 400 naming ``logit_bias``.
-
-    The API checks everything else; only here is the model (and so its vocabulary size) known.
-    """
-    for token, _ in bias:
-        if not 0 <= token < vocab_size:
-            raise BackendError(
-                400,
-                "invalid_request",
-                f"logit_bias: token id {token} is out of range (the model has {vocab_size} tokens)",
-                param="logit_bias",
-            )
-    return bias
-
-
-def _check_length(loaded: LoadedModel, chars: int, param: str) -> None:
-    """Refuse, before tokenizing it, a text too long to fit the context whatever its tokens.
-
-    A text of ``chars`` characters has at least ``chars / max_token_chars`` tokens; the bound is halved
-    again for normalizers that fold several characters into one. Tokenizing megabytes takes seconds of CPU
-    and a gigabyte of memory, all for a 400 at the end.
-    """
-    limit = loaded.config.context_length * loaded.tokenizer.max_token_chars * 2
-    if chars > limit:
-        raise BackendError(
-            400,
-            "context_length_exceeded",
-            f"the prompt has {chars} characters, more than any {loaded.config.context_length}-token context "
-            f"can hold ({limit} at most for this model's tokenizer)",
-            param=param,
-        )
-
-
-def _check_memory(
-    plan: Plan, nodes: list[NodeResources], unit_bytes: float, head_layers: int, model: str
-) -> None:
-    """Raise :class:`NoCapacityError` when a node of ``plan`` would hold more stored weights than the memory
-    it reports (a node reporting 0 MB is not checked: unknown)."""
-    memory = {n.node_id: n.memory_mb for n in nodes}
-    for i, entry in enumerate(plan):
-        units = entry.last_layer - entry.first_layer + 1 + (head_layers if i == len(plan) - 1 else 0)
-        need_mb = units * unit_bytes / 2**20
-        have = memory.get(entry.node_id, 0)
-        if have and need_mb > have:
-            raise NoCapacityError(
-                f"{model} does not fit: node {entry.node_id} would hold layers {entry.first_layer}.."
-                f"{entry.last_layer}{' and the output head' if i == len(plan) - 1 else ''} "
-                f"({need_mb:.0f} MB of weights) but reports {have} MB of memory"
-            )
 
 
 class NodeBackend:
@@ -219,11 +168,11 @@ class NodeBackend:
         try:
             loaded = await self.catalog.load(model)
             if messages is not None:
-                _check_length(loaded, sum(len(str(m.get("content") or "")) for m in messages), param)
+                check_length(loaded, sum(len(str(m.get("content") or "")) for m in messages), param)
                 text = await anyio.to_thread.run_sync(lambda: render_chat(loaded.source, messages))
             else:
                 text = prompt or ""
-            _check_length(loaded, len(text), param)
+            check_length(loaded, len(text), param)
             # off the event loop: a long prompt takes seconds to tokenize (the tokenizer lets go of the GIL)
             ids = await anyio.to_thread.run_sync(loaded.tokenizer.encode, text)
         except ModelNotFoundError as exc:
@@ -266,7 +215,7 @@ class NodeBackend:
             units = self.partitioner.plan(nodes, edges, n_layers + head_layers)
             plan = fold_head(units, n_layers)
             if model_bytes:
-                _check_memory(plan, nodes, model_bytes / (n_layers + head_layers), head_layers, model)
+                check_memory(plan, nodes, model_bytes / (n_layers + head_layers), head_layers, model)
         except NoCapacityError as exc:
             raise BackendError(503, "no_capacity", str(exc)) from exc
         self._last_plan = (model, n_layers, plan)
