@@ -156,8 +156,9 @@ def test_a_request_sent_while_a_node_is_frozen_completes(exo_node: Start, tmp_pa
         texts, finish, error = run_stream(a, tokens=10, on_token=lambda n: first.append(time.monotonic()))
         assert error is None, error
         assert finish == "length" and len(texts) == 10
-        # keepalive (idle timeout 10 s) + 2 s, plus loading the shard the new plan needs
-        assert first[0] - t0 < 10.0 + 2.0 + 10.0
+        # within the idle timeout (10 s) + 2 s, the new plan's shard load included: 11.3 s measured here;
+        # 3 s more for a loaded CI machine
+        assert first[0] - t0 < 10.0 + 2.0 + 3.0
     finally:
         os.kill(target.proc.pid, signal.SIGCONT)
 
