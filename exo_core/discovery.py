@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from anyio.abc import TaskStatus
 
+from exo_core.transport.ssh.route import SshRoute
+
 
 @dataclass(frozen=True)
 class DiscoveredPeer:
@@ -26,6 +28,8 @@ class DiscoveredPeer:
             the handshake gives the authoritative id.
         capabilities: device capabilities the peer announced or that a config file gave, as the
             peers.json ``device_capabilities`` mapping (model, chip, memory, flops).
+        ssh: reach the peer through this SSH hop (``ssh -W host:port``): ``host:port`` is then the
+            node's address as the SSH server sees it. ``None``: dial ``host:port`` over TCP.
     """
 
     key: str
@@ -33,10 +37,13 @@ class DiscoveredPeer:
     port: int
     node_id: str | None = None
     capabilities: dict[str, Any] | None = field(default=None, compare=False)
+    ssh: SshRoute | None = None
 
     @property
     def address(self) -> str:
-        """``host:port``, with brackets around IPv6 literals."""
+        """``host:port`` (brackets around IPv6 literals), or ``ssh://[user@]host[:sshport]/...``."""
+        if self.ssh is not None:
+            return self.ssh.url(self.host, self.port)
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 

@@ -176,7 +176,12 @@ def persistent_node_id(config_dir: Path) -> str:
 
 
 def env_var_name(settings_cls: type[BaseSettings], field_name: str) -> str:
-    """The environment variable a settings field is read from."""
+    """The environment variable a settings field is read from (its own, when the field names one with
+    ``Field(..., json_schema_extra={"env_var": "NAME"})`` and reads it through a ``validation_alias``)."""
+    info = settings_cls.model_fields.get(field_name)
+    extra = info.json_schema_extra if info is not None else None
+    if isinstance(extra, dict) and isinstance(extra.get("env_var"), str):
+        return str(extra["env_var"])
     prefix = str(settings_cls.model_config.get("env_prefix") or "")
     return (prefix + field_name).upper()
 

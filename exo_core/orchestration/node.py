@@ -33,6 +33,7 @@ from exo_core.settings import CoreSettings
 from exo_core.topology.cluster import DRAINING, ClusterView
 from exo_core.topology.partition import Partitioner
 from exo_core.transport.contract import Transport
+from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Incoming, PeerEvent
 
 log = logging.getLogger(__name__)
@@ -43,24 +44,27 @@ class _Sink:
     """Turns what discovery reports into addresses the transport keeps connected."""
 
     transport: Transport
-    known: dict[str, tuple[str, int]] = field(default_factory=dict)
+    known: dict[str, DiscoveredPeer] = field(default_factory=dict)
 
     async def peer_found(self, peer: DiscoveredPeer) -> None:
-        address = (peer.host, peer.port)
         old = self.known.get(peer.key)
-        if old == address:
+        if old is not None and _route(old) == _route(peer):
             return
         if old is not None:
-            self.transport.forget(*old)
-        self.known[peer.key] = address
+            self.transport.forget(old.host, old.port, ssh=old.ssh)
+        self.known[peer.key] = peer
         log.info("discovered %s at %s", peer.key, peer.address)
-        self.transport.keep(*address)
+        self.transport.keep(peer.host, peer.port, ssh=peer.ssh)
 
     async def peer_lost(self, key: str) -> None:
-        address = self.known.pop(key, None)
-        if address is not None and address not in self.known.values():
-            log.info("discovery lost %s (%s:%d)", key, *address)
-            self.transport.forget(*address)
+        peer = self.known.pop(key, None)
+        if peer is not None and _route(peer) not in {_route(p) for p in self.known.values()}:
+            log.info("discovery lost %s (%s)", key, peer.address)
+            self.transport.forget(peer.host, peer.port, ssh=peer.ssh)
+
+
+def _route(peer: DiscoveredPeer) -> tuple[str, int, SshRoute | None]:
+    return (peer.host, peer.port, peer.ssh)
 
 
 class Node:

@@ -40,6 +40,7 @@ from exo_core.protocol.binary import Value
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.envelope import DEFAULT_TTL
 from exo_core.protocol.frame import FrameType
+from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Handler, Incoming, PeerInfo, PeerListener, RelayHandler
 
 
@@ -187,22 +188,27 @@ class Transport(Protocol):
 
     # ---- connecting (discovery's addresses) ----------------------------------------------------------
 
-    async def dial(self, host: str, port: int) -> PeerInfo:
+    async def dial(self, host: str, port: int, *, ssh: SshRoute | None = None) -> PeerInfo:
         """Connect to ``host:port`` once (the connection stays up) and return the peer's info.
 
+        With ``ssh``, the connection is an SSH link: ``host:port`` is the node's address as the SSH server
+        sees it (``ssh -W host:port``). A transport without SSH links raises ``ValueError`` for it.
+
         Raises:
-            OSError: the address cannot be reached (``TimeoutError`` when it took too long).
+            OSError: the address cannot be reached (``TimeoutError`` when it took too long;
+                :class:`~exo_core.transport.ssh.SshLinkError` with ssh's diagnosis for an SSH link).
             HandshakeError: the other end refused us or is not a compatible exo node.
         """
         ...
 
-    def keep(self, host: str, port: int) -> None:
-        """Keep ``host:port`` connected from now on: connect, and reconnect (with backoff) whenever the
-        connection is lost, until :meth:`forget`. Idempotent; returns at once (requires :meth:`run`)."""
+    def keep(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
+        """Keep ``host:port`` (through ``ssh`` when given) connected from now on: connect, and reconnect
+        (with backoff) whenever the connection is lost, until :meth:`forget`. Idempotent; returns at once
+        (requires :meth:`run`)."""
         ...
 
-    def forget(self, host: str, port: int) -> None:
-        """Stop keeping ``host:port`` connected and close the connection made for it (no-op if unknown)."""
+    def forget(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
+        """Stop keeping the address connected and close the connection made for it (no-op if unknown)."""
         ...
 
 

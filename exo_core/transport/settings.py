@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exo_core.protocol.frame import DEFAULT_MAX_FRAME_SIZE
@@ -91,4 +91,13 @@ class TransportSettings(BaseSettings):
         None,
         description="host:port peers should dial to reach this node; default: the listen address "
         "(just :port when listening on all interfaces, peers then use the address they see)",
+    )
+    ssh_command: str | None = Field(
+        None,
+        validation_alias=AliasChoices("ssh_command", "EXO_SSH_COMMAND"),
+        json_schema_extra={"cli_flag": "--ssh-command", "env_var": "EXO_SSH_COMMAND"},
+        description="program and options that open SSH links to ssh:// peers, split like a shell would (as "
+        'GIT_SSH_COMMAND for git), e.g. "ssh -F ~/.ssh/exo_config -i ~/.ssh/exo_key"; exo adds -o '
+        "BatchMode=yes, ExitOnForwardFailure=yes, ServerAliveInterval=5, ServerAliveCountMax=3, "
+        "ConnectTimeout, -p and -W HOST:PORT DESTINATION (default: ssh)",
     )

@@ -24,7 +24,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import random
 import secrets
 import socket
 import time
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
-from anyio import TASK_STATUS_IGNORED, CancelScope
+from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskGroup, TaskStatus
 
 from exo_core import __version__
@@ -45,6 +44,7 @@ from exo_core.protocol.errors import ErrorCode, ProtocolError
 from exo_core.protocol.frame import Frame, FrameType, frame_header
 from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
 from exo_core.transport.connection import Connection
+from exo_core.transport.dialer import Dialer
 from exo_core.transport.errors import (
     ConnectionClosedError,
     HandshakeError,
@@ -55,7 +55,8 @@ from exo_core.transport.errors import (
 from exo_core.transport.handshake import LocalIdentity, handshake
 from exo_core.transport.links import Link, PeerTable
 from exo_core.transport.settings import TransportSettings
-from exo_core.transport.sock import connect, format_address, is_loopback, listen, tune
+from exo_core.transport.sock import format_address, is_loopback, listen, tune
+from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Handler, Incoming, PeerEvent, PeerInfo, PeerListener, RelayHandler
 from exo_core.transport.workers import TaskPool
 
@@ -70,12 +71,6 @@ class _Pending:
     event: anyio.Event = field(default_factory=anyio.Event)
     reply: RoutedMessage | None = None
     error: Exception | None = None
-
-
-@dataclass(eq=False)
-class _Keep:
-    scope: CancelScope
-    link: Link | None = None
 
 
 class TcpTransport:
@@ -107,14 +102,13 @@ class TcpTransport:
         self._port: int | None = None
         self._key = cluster_key.encode("utf-8") if isinstance(cluster_key, str) else cluster_key
         self._instance = secrets.randbits(63)
-        self._conn_seq = itertools.count(1)
         self._corr = itertools.count(1)
         self._handlers: dict[FrameType, Handler] = {}
         self._relay: RelayHandler | None = None
         self._listeners: list[PeerListener] = []
         self._table = PeerTable(node_id, self.settings.drain_timeout, self._emit)
         self._pending: dict[int, _Pending] = {}
-        self._keeps: dict[tuple[str, int], _Keep] = {}
+        self._dialer = Dialer(self.settings, self._serve, self._task_group, self._table)
         self._tg: TaskGroup | None = None
         self._connections = 0
         #: every open connection (both directions, in the handshake or not), for introspection
@@ -377,8 +371,8 @@ class TcpTransport:
     def _log_handshake_failure(self, conn: Connection, exc: Exception) -> None:
         if isinstance(exc, HandshakeError) and exc.code == ErrorCode.SELF_CONNECTION:
             log.info("%s", exc)
-        elif conn.dialed:
-            log.warning("could not connect to %s: %s", conn.remote, exc)
+        elif conn.dialed:  # the dialer's caller reports it (the keep loop logs it once, dial() raises it)
+            log.debug("could not connect to %s: %s", conn.remote, exc)
         elif isinstance(exc, ConnectionClosedError) and conn.bytes_in == 0:
             # a port probe (nc -z, a load balancer's health check): no reason to warn anyone
             log.info("connection from %s closed before sending anything (a port probe?)", conn.remote)
@@ -602,89 +596,31 @@ class TcpTransport:
             await conn.send_large(incoming.frame_type, [payload])
         return True
 
-    # ---- dialing -------------------------------------------------------------------------------------
+    # ---- dialing (exo_core.transport.dialer) ---------------------------------------------------------
 
-    async def dial(self, host: str, port: int) -> PeerInfo:
-        """Connect to ``host:port`` once and return the peer's HELLO info (the connection stays up).
+    async def dial(self, host: str, port: int, *, ssh: SshRoute | None = None) -> PeerInfo:
+        """Connect to ``host:port`` (through ``ssh`` when given) once and return the peer's HELLO info (the
+        connection stays up).
 
         Raises:
-            OSError: connection refused, unreachable, or timed out (``TimeoutError``).
+            OSError: connection refused, unreachable, or timed out (``TimeoutError``); for an SSH link,
+                :class:`~exo_core.transport.ssh.SshLinkError` with ssh's one-line diagnosis.
             HandshakeError: wrong key, version mismatch, not an exo node, ...
         """
-        return (await self._dial_link(host, port)).info
+        return (await self._dialer.dial(host, port, ssh)).info
 
-    async def _dial_link(self, host: str, port: int) -> Link:
-        tg = self._task_group()
-        sock = await connect(host, port, self.settings.connect_timeout)
-        conn = Connection(sock, self.settings, dialed=True, remote=format_address(host, port))
-        result: list[Link | BaseException] = []
-        done = anyio.Event()
-
-        def ready(r: Link | BaseException) -> None:
-            result.append(r)
-            done.set()
-
-        tg.start_soon(self._serve, conn, next(self._conn_seq), ready)
-        await done.wait()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        return result[0]
-
-    def keep(self, host: str, port: int) -> None:
-        """Keep ``host:port`` connected: dial now, redial with capped exponential backoff when lost.
+    def keep(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
+        """Keep ``host:port`` (through ``ssh`` when given) connected: dial now, redial with capped
+        exponential backoff when lost.
 
         Idempotent. A connection that lost the duplicate rule to another connection to the same peer is
         not redialed until that peer goes down. Stop with :meth:`forget`.
         """
-        key = (host, port)
-        if key in self._keeps:
-            return
-        keep = _Keep(CancelScope())
-        self._keeps[key] = keep
-        self._task_group().start_soon(self._keep_loop, host, port, keep)
+        self._dialer.keep(host, port, ssh)
 
-    def forget(self, host: str, port: int) -> None:
-        """Stop keeping ``host:port`` connected and close the connection dialed for it."""
-        keep = self._keeps.pop((host, port), None)
-        if keep is None:
-            return
-        keep.scope.cancel()
-        if keep.link is not None:
-            keep.link.conn.fail(f"{format_address(host, port)} forgotten")
-
-    async def _keep_loop(self, host: str, port: int, keep: _Keep) -> None:
-        s = self.settings
-        where = format_address(host, port)
-        delay = s.reconnect_initial
-        failures = 0
-        with keep.scope:
-            while True:
-                try:
-                    link = await self._dial_link(host, port)
-                except (OSError, HandshakeError, ConnectionClosedError) as exc:
-                    if isinstance(exc, HandshakeError) and exc.code == ErrorCode.SELF_CONNECTION:
-                        return  # the address is this node itself
-                    failures += 1
-                    level = logging.WARNING if failures == 1 else logging.DEBUG
-                    log.log(
-                        level,
-                        "dialing %s failed (attempt %d, retry in %.3gs): %s",
-                        where,
-                        failures,
-                        delay,
-                        exc,
-                    )
-                else:
-                    failures = 0
-                    delay = s.reconnect_initial
-                    keep.link = link
-                    await link.done.wait()
-                    keep.link = None
-                    peer = self._table.peers.get(link.info.node_id)
-                    if peer is not None:  # still reachable through the connection that won
-                        await peer.gone.wait()
-                await anyio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, s.reconnect_max)
+    def forget(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
+        """Stop keeping the address connected and close the connection dialed for it."""
+        self._dialer.forget(host, port, ssh)
 
     def __repr__(self) -> str:
         return f"TcpTransport(node_id={self.node_id!r}, port={self._port}, peers={len(self._table.peers)})"

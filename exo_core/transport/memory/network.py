@@ -19,9 +19,15 @@ from exo_core.protocol.frame import DEFAULT_MAX_FRAME_SIZE
 from exo_core.transport.errors import HandshakeError
 from exo_core.transport.memory.endpoint import Endpoint
 from exo_core.transport.memory.links import HOST, End, Pair, Pipe, pair
+from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import PeerEvent, PeerInfo
 
 log = logging.getLogger("exo_core.transport.memory")
+
+
+def _no_ssh(ssh: SshRoute | None) -> None:
+    if ssh is not None:
+        raise ValueError(f"the memory transport has no SSH links (asked for {ssh})")
 
 
 class MemoryNetwork:
@@ -223,7 +229,8 @@ class MemoryTransport(Endpoint):
 
     # ---- contract: connecting ------------------------------------------------------------------------
 
-    async def dial(self, host: str, port: int) -> PeerInfo:
+    async def dial(self, host: str, port: int, *, ssh: SshRoute | None = None) -> PeerInfo:
+        _no_ssh(ssh)
         await anyio.lowlevel.checkpoint()
         if not self.running:
             raise RuntimeError("the transport is not running: start it with `await tg.start(transport.run)`")
@@ -236,7 +243,8 @@ class MemoryTransport(Endpoint):
             raise TimeoutError(f"{host}:{port} is unreachable: the link to {target.node_id} is cut")
         return self.network._connect(self.node_id, target.node_id).info
 
-    def keep(self, host: str, port: int) -> None:
+    def keep(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
+        _no_ssh(ssh)
         if self._tg is None:
             raise RuntimeError("the transport is not running: start it with `await tg.start(transport.run)`")
         if self.network._node_at(host, port) is None:
@@ -245,7 +253,7 @@ class MemoryTransport(Endpoint):
             self._keeps.add(port)
             self.network._reconcile(dialer=self.node_id)
 
-    def forget(self, host: str, port: int) -> None:
+    def forget(self, host: str, port: int, *, ssh: SshRoute | None = None) -> None:
         if host != HOST or port not in self._keeps:
             return
         self._keeps.discard(port)

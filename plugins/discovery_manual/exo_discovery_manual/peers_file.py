@@ -11,11 +11,16 @@
             "flops": {"fp32": 13.49, "fp16": 26.98, "int8": 53.96}
           }
         },
-        "remote-node-2": {"address": "10.0.0.152", "port": 50051}
+        "remote-node-2": {"address": "10.0.0.152", "port": 50051},
+        "cloud-vm": {"ssh": "ubuntu@vm.example.com"},
+        "lab-box": {"address": "ssh://me@lab.example.org:2222/50052"}
       }
     }
 
 ``address`` is ``host:port`` (``[v6]:port`` for IPv6), or a bare host with a separate ``port``.
+``ssh`` (``[user@]host[:sshport]``) reaches the peer over an SSH link (``ssh -W``) instead of TCP: then
+``address`` and ``port`` are the node's address as the SSH server sees it, 127.0.0.1 and 50051 unless
+given; the URL form ``ssh://[user@]host[:sshport][/[remote-host:]port]`` in ``address`` says the same.
 ``device_capabilities`` is optional (the handshake gives a peer's real capabilities). A key is only a
 label; the entry whose key is this node's id is ignored, so one file can serve every node.
 """
@@ -30,12 +35,19 @@ from typing import Any
 
 from exo_core.discovery import DiscoveredPeer
 from exo_core.errors import ConfigError
+from exo_core.transport.ssh.route import (
+    DEFAULT_NODE_PORT,
+    DEFAULT_REMOTE_HOST,
+    SshRoute,
+    is_ssh_url,
+    parse_ssh_url,
+)
 
 log = logging.getLogger(__name__)
 
 #: A peers file larger than this is refused (it is a short hand-written list).
 MAX_FILE_BYTES = 1024 * 1024
-_PEER_FIELDS = {"address", "port", "device_capabilities"}
+_PEER_FIELDS = {"address", "port", "ssh", "device_capabilities"}
 _CAP_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "model": (str, "a string"),
     "chip": (str, "a string"),
@@ -109,11 +121,11 @@ def parse(data: bytes, path: Path, *, own_id: str) -> dict[str, DiscoveredPeer]:
                 extra,
                 ", ".join(sorted(_PEER_FIELDS)),
             )
-        host, port = _address(entry, where, fail)
+        ssh, host, port = _route(entry, where, fail)
         caps = _capabilities(entry.get("device_capabilities"), f"{where}.device_capabilities", fail)
         if key == own_id:
             continue  # this node's own entry: one file can be shared by every node
-        peers[key] = DiscoveredPeer(key=key, host=host, port=port, capabilities=caps)
+        peers[key] = DiscoveredPeer(key=key, host=host, port=port, capabilities=caps, ssh=ssh)
     return peers
 
 
@@ -127,6 +139,34 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"
     )
+
+
+def _route(entry: dict[str, Any], where: str, fail: Any) -> tuple[SshRoute | None, str, int]:
+    """(SSH hop or None, host, port) of an entry: plain TCP, an ``ssh`` field, or an ``ssh://`` address."""
+    address = entry.get("address")
+    if isinstance(address, str) and is_ssh_url(address):
+        if "ssh" in entry:
+            raise fail(f"{where}.ssh", "given twice: in ssh and as the ssh:// address; keep one")
+        try:
+            ssh, host, port = parse_ssh_url(address.strip())
+        except ValueError as exc:
+            raise fail(f"{where}.address", str(exc)) from None
+        if "port" in entry and _port(entry["port"]) != port:
+            raise fail(f"{where}.port", f"{entry['port']!r} disagrees with the port in address {address!r}")
+        return ssh, host, port
+    if "ssh" not in entry:
+        return (None, *_address(entry, where, fail))
+    text = entry["ssh"]
+    if not isinstance(text, str):
+        raise fail(f"{where}.ssh", f'expected "[user@]host[:sshport]", got {_kind(text)}')
+    try:
+        ssh = SshRoute.parse(text)
+    except ValueError as exc:
+        raise fail(f"{where}.ssh", str(exc)) from None
+    remote = {"address": DEFAULT_REMOTE_HOST, **entry}
+    if "port" not in entry and _split_host_port(str(remote["address"]).strip())[1] is None:
+        remote["port"] = DEFAULT_NODE_PORT
+    return (ssh, *_address(remote, where, fail))
 
 
 def _address(entry: dict[str, Any], where: str, fail: Any) -> tuple[str, int]:

@@ -38,7 +38,7 @@ def build_direct(ctx: ComponentContext) -> DirectDiscovery:
     settings = (
         ctx.settings if isinstance(ctx.settings, DirectDiscoverySettings) else DirectDiscoverySettings()
     )
-    return DirectDiscovery(settings.peer_host, settings.peer_port)
+    return DirectDiscovery(settings.peer_host, settings.peer_port, settings.peer_ssh)
 
 
 @hookimpl

@@ -39,3 +39,8 @@ class DirectDiscoverySettings(BaseSettings):
     peer_port: int | None = Field(
         None, ge=1, le=65535, description="node port of the one peer (direct discovery)"
     )
+    peer_ssh: str | None = Field(
+        None,
+        description="reach the one peer over an SSH link: [user@]host[:sshport] (direct discovery); "
+        "--peer-host/--peer-port then default to 127.0.0.1:50051, the node as the SSH server sees it",
+    )
