@@ -131,7 +131,12 @@ def build_cli(plugins: Plugins) -> Cli:
         parents=[parent],
         help="handshake with a node (through a tunnel too) and print its id, version and round-trip times",
     )
-    ping.add_argument("target", metavar="HOST:PORT", help="the node to ping, e.g. 127.0.0.1:50051")
+    ping.add_argument(
+        "target",
+        metavar="HOST:PORT",
+        help="the node to ping, e.g. 127.0.0.1:50051, or through an SSH link "
+        "ssh://[user@]host[:sshport][/[remote-host:]port] (uses --ssh-command)",
+    )
     ping.add_argument("--count", type=int, default=3, help="number of PINGs after the handshake (default 3)")
     ping.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each step (default 5)")
     run = sub.add_parser(

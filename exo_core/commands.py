@@ -17,11 +17,16 @@ def node_command(cli: Cli, ns: argparse.Namespace) -> int:
 
 
 def ping_command(cli: Cli, ns: argparse.Namespace) -> int:
-    """``exo ping HOST:PORT``."""
+    """``exo ping HOST:PORT`` / ``exo ping ssh://[user@]host[:sshport]/PORT``."""
+    from exo_core.cliflags import build_settings, given_values
     from exo_core.transport.ping import run_ping_cli
+    from exo_core.transport.settings import TransportSettings
 
     core = cli.core_settings(ns)
-    return run_ping_cli(ns.target, core=core, count=ns.count, timeout=ns.timeout)
+    transport = build_settings(TransportSettings, given_values(ns, cli.flags, TransportSettings))
+    return run_ping_cli(
+        ns.target, core=core, count=ns.count, timeout=ns.timeout, ssh_command=transport.ssh_command
+    )
 
 
 def run_command(cli: Cli, ns: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ use the UDP default on the real network). :meth:`NodeProcess.start` returns once
 Several nodes share this machine's cores, so each runs with ``OPENBLAS_NUM_THREADS=1`` unless ``env`` says
 otherwise: OpenBLAS worker threads spin while idle, and node processes with spinning threads slow each other
 down several times over (see benchmarks/cluster.py).
+
+With ``netns``, the node runs inside that network namespace (``ip netns exec``; root only), reachable from
+here by nothing but what the test sets up; its API is then called from inside the namespace too.
 """
 
 from __future__ import annotations
@@ -43,6 +46,25 @@ def find_free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+#: What :meth:`NodeProcess._in_netns` runs inside the namespace: one HTTP call, JSON in and out; exit 3 when
+#: nothing listens yet, 1 with the status and body on an HTTP error.
+_NETNS_HTTP = """
+import json, sys, urllib.error, urllib.request
+r = json.load(sys.stdin)
+data = None if r["body"] is None else json.dumps(r["body"]).encode()
+headers = {"content-type": "application/json"}
+req = urllib.request.Request(r["url"], data=data, method=r["method"], headers=headers)
+try:
+    with urllib.request.urlopen(req, timeout=r["timeout"]) as resp:
+        sys.stdout.write(resp.read().decode())
+except urllib.error.HTTPError as exc:
+    sys.exit(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}")
+except OSError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+"""
+
+
 class NodeProcessError(ExoError):
     """A node process failed to start or to answer."""
 
@@ -58,6 +80,8 @@ class NodeProcess:
     node_port: int = 0
     api_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    #: a network namespace to run the node in (``ip netns exec``), e.g. one with only loopback
+    netns: str | None = None
 
     def __post_init__(self) -> None:
         if not self.node_port or not self.api_port:
@@ -92,7 +116,8 @@ class NodeProcess:
         ]
         if self.node_id:
             cmd += ["--node-id", self.node_id]
-        return [*cmd, *self.args]
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [*prefix, *cmd, *self.args]
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
@@ -128,11 +153,15 @@ class NodeProcess:
             return ""
 
     def get(self, path: str, timeout: float = 10.0) -> dict[str, Any]:
+        if self.netns:
+            return self._in_netns("GET", path, None, timeout)
         with urllib.request.urlopen(self.api + path, timeout=timeout) as resp:
             data: dict[str, Any] = json.loads(resp.read())
             return data
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+        if self.netns:
+            return self._in_netns("POST", path, body, timeout)
         req = urllib.request.Request(
             self.api + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
         )
@@ -145,8 +174,32 @@ class NodeProcess:
                 f"POST {path} -> {exc.code}: {exc.read().decode(errors='replace')}"
             ) from exc
 
+    def _in_netns(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        """One API call made from inside :attr:`netns` (a short Python child there)."""
+        assert self.netns is not None
+        request = json.dumps({"url": self.api + path, "method": method, "body": body, "timeout": timeout})
+        try:
+            done = subprocess.run(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-c", _NETNS_HTTP],
+                input=request.encode(),
+                capture_output=True,
+                timeout=timeout + 10,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{method} {path} in {self.netns}: no answer within {timeout} s") from None
+        if done.returncode == 3:  # could not connect (the node is still starting)
+            raise ConnectionRefusedError(done.stderr.decode(errors="replace").strip())
+        if done.returncode:
+            raise NodeProcessError(f"{method} {path} in {self.netns}: {done.stderr.decode(errors='replace')}")
+        data: dict[str, Any] = json.loads(done.stdout)
+        return data
+
     def stream(self, path: str, body: dict[str, Any], timeout: float = 120.0) -> Iterator[dict[str, Any]]:
         """POST ``body`` with ``"stream": true``; yield each server-sent JSON chunk (error chunks too)."""
+        if self.netns:
+            raise NodeProcessError("streaming from a node in a network namespace is not supported")
         req = urllib.request.Request(
             self.api + path,
             data=json.dumps({**body, "stream": True}).encode(),

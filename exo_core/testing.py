@@ -80,13 +80,20 @@ def exo_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 @pytest.fixture
 def exo_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Start real ``exo`` nodes in subprocesses; all are stopped at teardown."""
+    """Start real ``exo`` nodes in subprocesses (in a network namespace with ``netns=``); all are stopped at
+    teardown."""
     started: list[NodeProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, node_id: str | None = None, timeout: float = 60.0
+        *args: str,
+        env: dict[str, str] | None = None,
+        node_id: str | None = None,
+        timeout: float = 60.0,
+        netns: str | None = None,
     ) -> NodeProcess:
-        node = NodeProcess(tmp_path / f"node{len(started)}", args=args, env=env or {}, node_id=node_id)
+        node = NodeProcess(
+            tmp_path / f"node{len(started)}", args=args, env=env or {}, node_id=node_id, netns=netns
+        )
         started.append(node)
         return node.start(timeout=timeout)
 

@@ -1,4 +1,5 @@
-"""``exo ping HOST:PORT``: connect, handshake (with the cluster key if set), PING, and diagnose failures.
+"""``exo ping HOST:PORT`` (or ``ssh://[user@]host[:sshport]/PORT``): connect, handshake (with the cluster
+key if set), PING, and diagnose failures (for an SSH link, with ssh's own one-line diagnosis).
 
 :func:`ping` does the work and raises :class:`PingError` with a one-line diagnosis; :func:`format_ping`
 renders a result; :func:`run_ping_cli` is what the ``exo ping`` command calls.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
+import socket
 import statistics
 import sys
 import time
@@ -29,12 +31,14 @@ from exo_core.transport.errors import ConnectionClosedError, HandshakeError
 from exo_core.transport.handshake import LocalIdentity, handshake
 from exo_core.transport.settings import TransportSettings
 from exo_core.transport.sock import connect, format_address, parse_address
+from exo_core.transport.ssh.link import SshLinkError, SshProcess
+from exo_core.transport.ssh.route import SshRoute, is_ssh_url, parse_ssh_url
 
 if TYPE_CHECKING:
     from exo_core.settings import CoreSettings
 
 PingFailure = Literal[
-    "refused", "timeout", "not_exo", "version_mismatch", "auth", "unreachable", "unavailable", "closed"
+    "refused", "timeout", "not_exo", "version_mismatch", "auth", "unreachable", "unavailable", "closed", "ssh"
 ]
 
 
@@ -77,16 +81,20 @@ async def ping(
     cluster_key: str | bytes | None = None,
     count: int = 3,
     timeout: float = 5.0,  # noqa: ASYNC109 - each step (connect, handshake, each PING) gets this budget
+    ssh: SshRoute | None = None,
+    ssh_command: str | None = None,
 ) -> PingResult:
-    """Connect to an exo node, handshake, and send ``count`` PINGs.
+    """Connect to an exo node (through an SSH link when ``ssh`` is given), handshake, and send ``count``
+    PINGs.
 
     Raises:
         PingError: with ``kind`` refused, timeout, not_exo, version_mismatch, auth, unreachable,
-            unavailable (the node turned us away and said why: it is at its connection limit, ...) or closed.
+            unavailable (the node turned us away and said why: it is at its connection limit, ...), closed,
+            or ssh (the SSH link failed; the message is ssh's diagnosis).
     """
+    if ssh is not None:
+        return await _ping_over_ssh(ssh, host, port, cluster_key, count, timeout, ssh_command)
     where = format_address(host, port)
-    settings = TransportSettings(connect_timeout=timeout, handshake_timeout=timeout, idle_timeout=timeout + 5)
-    key = cluster_key.encode("utf-8") if isinstance(cluster_key, str) else cluster_key
     t0 = time.perf_counter()
     try:
         sock = await connect(host, port, timeout)
@@ -102,6 +110,60 @@ async def ping(
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or str(exc)
         raise PingError("unreachable", f"{where}: cannot connect: {reason}") from None
     t1 = time.perf_counter()
+    try:
+        return await _over(sock, where, cluster_key, count, timeout, t0, t1)
+    finally:
+        sock.close()
+
+
+async def _ping_over_ssh(
+    route: SshRoute,
+    host: str,
+    port: int,
+    cluster_key: str | bytes | None,
+    count: int,
+    timeout: float,  # noqa: ASYNC109
+    command: str | None,
+) -> PingResult:
+    t0 = time.perf_counter()
+    try:
+        proc = await SshProcess.start(route, host, port, command=command, connect_timeout=timeout)
+    except SshLinkError as exc:
+        raise PingError("ssh", str(exc)) from None
+    result: list[PingResult | PingError] = []
+
+    async def run() -> None:
+        # the SSH session is set up while the handshake waits: count it in the handshake's time
+        try:
+            result.append(await _over(proc.sock, proc.label, cluster_key, count, timeout * 3, t0, t0))
+        except PingError as exc:
+            result.append(exc)
+
+    failed: list[str] = []
+    await proc.serve(run, failed.append)
+    outcome = result[0] if result else None
+    if isinstance(outcome, PingResult):
+        return outcome
+    why = proc.diagnosis() if proc.process.returncode not in (None, 0) else None
+    if why:
+        raise PingError("ssh", f"{proc.label}: {why}")
+    if outcome is not None:
+        raise outcome
+    raise PingError("ssh", f"{proc.label}: {failed[0] if failed else 'ssh exited'}")
+
+
+async def _over(
+    sock: socket.socket,
+    where: str,
+    cluster_key: str | bytes | None,
+    count: int,
+    timeout: float,  # noqa: ASYNC109
+    t0: float,
+    t1: float,
+) -> PingResult:
+    """Handshake and PING over a connected socket."""
+    settings = TransportSettings(connect_timeout=timeout, handshake_timeout=timeout, idle_timeout=timeout + 5)
+    key = cluster_key.encode("utf-8") if isinstance(cluster_key, str) else cluster_key
     conn = Connection(sock, settings, dialed=True, remote=where)
     me = LocalIdentity(
         node_id=f"exo-ping-{secrets.token_hex(4)}",
@@ -113,25 +175,22 @@ async def ping(
         tool=True,
     )
     failure: PingError | None = None
-    try:
-        async with anyio.create_task_group() as tg:
-            conn.scope = tg.cancel_scope
-            tg.start_soon(conn.write_loop)
-            try:
-                info = await handshake(conn, me, conn_seq=1, within=timeout)
-                t2 = time.perf_counter()
-                rtts = [await _one_ping(conn, i + 1, timeout) for i in range(count)]
-            except HandshakeError as exc:
-                failure = _diagnose(where, exc)
-            except ConnectionClosedError:
-                failure = PingError(
-                    "closed",
-                    f"{where}: the peer closed the connection during the handshake (not an exo node?)",
-                )
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        sock.close()
+    async with anyio.create_task_group() as tg:
+        conn.scope = tg.cancel_scope
+        tg.start_soon(conn.write_loop)
+        try:
+            info = await handshake(conn, me, conn_seq=1, within=timeout)
+            t2 = time.perf_counter()
+            rtts = [await _one_ping(conn, i + 1, timeout) for i in range(count)]
+        except HandshakeError as exc:
+            failure = _diagnose(where, exc)
+        except ConnectionClosedError:
+            failure = PingError(
+                "closed",
+                f"{where}: the peer closed the connection during the handshake (not an exo node?)",
+            )
+        finally:
+            tg.cancel_scope.cancel()
     if failure is not None:
         raise failure
     return PingResult(
@@ -206,21 +265,37 @@ def format_ping(result: PingResult) -> str:
     return "\n".join(lines)
 
 
-def run_ping_cli(target: str, *, core: CoreSettings, count: int = 3, timeout: float = 5.0) -> int:
-    """``exo ping HOST:PORT``: print the result (stdout) or a one-line diagnosis (stderr).
+def run_ping_cli(
+    target: str,
+    *,
+    core: CoreSettings,
+    count: int = 3,
+    timeout: float = 5.0,
+    ssh_command: str | None = None,
+) -> int:
+    """``exo ping HOST:PORT`` or ``exo ping ssh://...``: print the result (stdout) or a one-line diagnosis
+    (stderr).
 
     Returns:
-        the exit code: 0 on success, 1 when the ping failed, 2 for a bad ``HOST:PORT``.
+        the exit code: 0 on success, 1 when the ping failed, 2 for a bad address.
     """
+    route: SshRoute | None = None
     try:
-        host, port = parse_address(target)
+        if is_ssh_url(target):
+            route, host, port = parse_ssh_url(target.strip())
+        else:
+            host, port = parse_address(target)
     except ValueError as exc:
         print(f"exo ping: {exc}", file=sys.stderr)
         return 2
     key = core.cluster_key_text()
     logging.getLogger("exo_core.transport").setLevel(logging.ERROR)  # the diagnosis below says it all
     try:
-        result = anyio.run(lambda: ping(host, port, cluster_key=key, count=count, timeout=timeout))
+        result = anyio.run(
+            lambda: ping(
+                host, port, cluster_key=key, count=count, timeout=timeout, ssh=route, ssh_command=ssh_command
+            )
+        )
     except PingError as exc:
         print(f"exo ping: {exc}", file=sys.stderr)
         return 1

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from exo_core.nodeproc import NodeProcess, find_free_ports, peers_file
+from exo_core.transport.ssh.testing import Sshd, running_sshd, sshd_binary
 
-from .sshd import Sshd, running_sshd, sshd_binary
 from .support import PROMPTS, greedy, no_peers, plan_nodes
 
 pytestmark = pytest.mark.timeout(300)

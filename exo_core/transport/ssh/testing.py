@@ -1,4 +1,5 @@
-"""A real OpenSSH server on 127.0.0.1 and real ``ssh -N -L`` tunnels through it, for tunnel tests.
+"""A real OpenSSH server for tests and benchmarks: on 127.0.0.1 with `ssh -N -L` tunnels through it
+(:func:`running_sshd`), or as `sshd -i` inside loopback-only network namespaces (:func:`ssh_world`).
 
 The server runs as root with its own generated host key, config and authorized key, on a free loopback
 port; nothing touches the system's sshd or ~/.ssh.
@@ -149,3 +150,92 @@ def running_sshd(workdir: Path) -> Iterator[Sshd]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class SshWorld:
+    """Remote hosts that are network namespaces with only loopback, reachable by nothing but SSH.
+
+    Each host's ``Host`` entry in :attr:`config` starts a fresh ``sshd -i`` inside its namespace as the
+    ProxyCommand, so no sshd listens anywhere: ``ssh -F config <name>`` is the only way in. Besides each
+    host ``<name>``, the config has ``<name>-stranger`` (a key the host does not authorize) and
+    ``<name>-wrong-host-key`` (known_hosts holds another key for it).
+    """
+
+    workdir: Path
+    config: Path
+    hosts: dict[str, str]  # name -> network namespace
+
+    @property
+    def command(self) -> str:
+        """The ``--ssh-command`` / ``EXO_SSH_COMMAND`` that uses this world's config."""
+        return f"ssh -F {self.config}"
+
+
+@contextmanager
+def ssh_world(workdir: Path, names: list[str]) -> Iterator[SshWorld]:
+    """Create one loopback-only namespace per name and the ssh config that reaches each (root only)."""
+    binary = sshd_binary()
+    if binary is None:
+        raise RuntimeError("sshd is not installed: run `make test` (bootstrap installs openssh-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    keys = {k: workdir / f"{k}_ed25519" for k in ("host", "other_host", "client", "stranger")}
+    for key in keys.values():
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30
+        )
+    authorized = workdir / "authorized_keys"
+    authorized.write_text(keys["client"].with_suffix(".pub").read_text())
+    sshd_config = workdir / "sshd_config"
+    sshd_config.write_text(
+        "\n".join(
+            [
+                f"HostKey {keys['host']}",
+                f"AuthorizedKeysFile {authorized}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "AllowTcpForwarding yes",
+                "StrictModes no",
+                "UsePAM no",
+                "PidFile none",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    host_pub = keys["host"].with_suffix(".pub").read_text().strip()
+    other_pub = keys["other_host"].with_suffix(".pub").read_text().strip()
+    tag = f"exossh{os.getpid() % 100000}"
+    hosts = {name: f"{tag}-{i}" for i, name in enumerate(names)}
+    known: list[str] = []
+    blocks: list[str] = []
+    for name, ns in hosts.items():
+        known += [f"{name} {host_pub}", f"{name}-stranger {host_pub}", f"{name}-wrong-host-key {other_pub}"]
+        proxy = f"ProxyCommand ip netns exec {ns} {binary} -i -e -f {sshd_config}"
+        for alias, key_name in (
+            (name, "client"),
+            (f"{name}-stranger", "stranger"),
+            (f"{name}-wrong-host-key", "client"),
+        ):
+            blocks.append(
+                f"Host {alias}\n  User root\n  {proxy}\n  IdentityFile {keys[key_name]}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {workdir / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
+                f"  HostKeyAlias {alias}\n  LogLevel ERROR\n"
+            )
+    (workdir / "known_hosts").write_text("\n".join(known) + "\n")
+    config = workdir / "ssh_config"
+    config.write_text("\n".join(blocks))
+    made: list[str] = []
+    try:
+        for ns in hosts.values():
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=10)
+            made.append(ns)
+            subprocess.run(
+                ["ip", "-n", ns, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10
+            )
+        yield SshWorld(workdir, config, hosts)
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
