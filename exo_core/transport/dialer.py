@@ -85,23 +85,27 @@ class Dialer:
             result.append(r)
             done.set()
 
+        proc: SshProcess | None = None
         if ssh is None:
             sock = await connect(host, port, self.settings.connect_timeout)
             conn = Connection(sock, self.settings, dialed=True, remote=format_address(host, port))
             tg.start_soon(self._serve, conn, seq, ready)
-            await done.wait()
         else:
             s = self.settings
-            proc = await SshProcess.start(
-                ssh, host, port, command=s.ssh_command, connect_timeout=s.connect_timeout
-            )
-            conn = Connection(proc.sock, self.settings, dialed=True, remote=proc.label)
-            tg.start_soon(proc.serve, lambda: self._serve(conn, seq, ready), conn.fail)
+            with CancelScope(shield=True):  # a child started must be owned by its serve task
+                started = await SshProcess.start(
+                    ssh, host, port, command=s.ssh_command, connect_timeout=s.connect_timeout
+                )
+            proc = started
+            conn = Connection(started.sock, self.settings, dialed=True, remote=started.label)
+            tg.start_soon(started.serve, lambda: self._serve(conn, seq, ready), conn.fail)
+        try:
             await done.wait()
-            if isinstance(result[0], BaseException):
-                raise await proc.failure(result[0])
+        except BaseException:  # cancelled (forget, stop): nobody would own the connection
+            conn.fail(f"dialing {describe(host, port, ssh)} cancelled")
+            raise
         if isinstance(result[0], BaseException):
-            raise result[0]
+            raise result[0] if proc is None else await proc.failure(result[0])
         return result[0]
 
     def keep(self, host: str, port: int, ssh: SshRoute | None = None) -> None:

@@ -218,5 +218,6 @@ class SshProcess:
         self._reported = True  # the caller reports it
         with anyio.move_on_after(within):
             await self.finished.wait()
-        why = self.diagnosis() if self.process.returncode is not None else None
+        exited = self.process.returncode is not None and not self._terminated  # not stopped by us
+        why = self.diagnosis() if exited else None
         return SshLinkError(f"{self.label}: {why}") if why else error

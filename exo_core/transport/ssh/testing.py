@@ -220,7 +220,8 @@ def ssh_world(workdir: Path, names: list[str]) -> Iterator[SshWorld]:
             (f"{name}-wrong-host-key", "client"),
         ):
             blocks.append(
-                f"Host {alias}\n  User root\n  {proxy}\n  IdentityFile {keys[key_name]}\n  IdentitiesOnly yes\n"
+                f"Host {alias}\n  User root\n  {proxy}\n  IdentityFile {keys[key_name]}\n"
+                "  IdentitiesOnly yes\n"
                 f"  UserKnownHostsFile {workdir / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
                 f"  HostKeyAlias {alias}\n  LogLevel ERROR\n"
             )

@@ -9,6 +9,7 @@ from exo_discovery_manual.direct import DirectDiscovery
 from exo_core.discovery import DiscoveredPeer
 from exo_core.errors import ConfigError
 from exo_core.lan.testing import RecordingSink
+from exo_core.transport.ssh.route import SshRoute
 
 
 async def test_reports_the_one_peer_and_runs_until_cancelled() -> None:
@@ -38,3 +39,17 @@ def test_ipv6_in_brackets() -> None:
 def test_missing_or_invalid_flags(host: str | None, port: int | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DirectDiscovery(host, port)
+
+
+def test_peer_over_ssh() -> None:
+    peer = DirectDiscovery(None, None, "me@lab:2222").peer
+    assert (peer.host, peer.port, peer.ssh) == ("127.0.0.1", 50051, SshRoute("me@lab", 2222))
+    assert peer.address == "ssh://me@lab:2222/50051"
+    peer = DirectDiscovery("10.0.0.7", 50060, "ssh://jump").peer
+    assert (peer.host, peer.port, peer.ssh) == ("10.0.0.7", 50060, SshRoute("jump"))
+    peer = DirectDiscovery(None, None, "ssh://jump/50070").peer
+    assert (peer.host, peer.port) == ("127.0.0.1", 50070)
+    with pytest.raises(
+        ConfigError, match=r"--peer-ssh \(EXO_DISCOVERY_DIRECT_PEER_SSH\): bad SSH destination"
+    ):
+        DirectDiscovery(None, None, "a b")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,49 @@ async def test_touching_the_file_without_changes_reports_nothing(tmp_path: Path)
         await anyio.sleep(0.3)
         tg.cancel_scope.cancel()
     assert sink.events == [("found", "a")]
+
+
+def test_ssh_entries(tmp_path: Path) -> None:
+    path = tmp_path / "peers.json"
+    write(
+        path,
+        {
+            "peers": {
+                "vm": {"ssh": "ubuntu@vm.example.com"},
+                "lab": {"ssh": "me@lab:2222", "port": 50052},
+                "inner": {"ssh": "jump", "address": "10.0.0.7:50060"},
+                "url": {"address": "ssh://me@lab:2222/50053"},
+                "url-host": {"address": "ssh://lab/[::1]:50054", "device_capabilities": CAPS},
+            }
+        },
+    )
+    _, peers = load(path, own_id="me")
+    routes = {k: (p.ssh and (p.ssh.destination, p.ssh.port), p.host, p.port) for k, p in peers.items()}
+    assert routes == {
+        "vm": (("ubuntu@vm.example.com", None), "127.0.0.1", 50051),
+        "lab": (("me@lab", 2222), "127.0.0.1", 50052),
+        "inner": (("jump", None), "10.0.0.7", 50060),
+        "url": (("me@lab", 2222), "127.0.0.1", 50053),
+        "url-host": (("lab", None), "::1", 50054),
+    }
+    assert peers["lab"].address == "ssh://me@lab:2222/50052"
+    assert peers["url-host"].capabilities == CAPS
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"ssh": 7}, 'peers.x.ssh: expected "[user@]host[:sshport]", got a number'),
+        ({"ssh": "-oProxyCommand=x"}, "peers.x.ssh: bad SSH destination"),
+        ({"ssh": "me@lab:99999"}, "peers.x.ssh: bad port 99999"),
+        ({"ssh": "lab", "port": 0}, "peers.x.port: expected a port number"),
+        ({"address": "ssh://lab/50051", "ssh": "lab"}, "peers.x.ssh: given twice"),
+        ({"address": "ssh://lab/50051", "port": 50052}, "peers.x.port: 50052 disagrees"),
+        ({"address": "ssh:///50051"}, "peers.x.address: no SSH host"),
+    ],
+)
+def test_bad_ssh_entries_name_the_field(tmp_path: Path, entry: dict[str, Any], message: str) -> None:
+    path = tmp_path / "peers.json"
+    write(path, {"peers": {"x": entry}})
+    with pytest.raises(PeersFileError, match=re.escape(message)):
+        load(path, own_id="me")
