@@ -117,3 +117,15 @@ def test_diagnoses(stderr: list[str], code: int, says: str) -> None:
 
 def test_nothing_to_say_for_a_clean_exit() -> None:
     assert diagnose([], 0, SshRoute("lab"), "127.0.0.1", 50051) is None
+
+
+def test_command_words_expand_home_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/me")
+    monkeypatch.setenv("EXO_TEST_KEY", "/keys/exo")
+    argv = ssh_argv("ssh -F ~/.ssh/exo_config -i $EXO_TEST_KEY", SshRoute("lab"), "127.0.0.1", 1, 1)
+    assert argv[:5] == ["ssh", "-F", "/home/me/.ssh/exo_config", "-i", "/keys/exo"]
+
+
+def test_the_host_key_advice_is_a_command_ssh_accepts() -> None:
+    line = diagnose(["Host key verification failed."], 255, SshRoute("me@lab", 2222), "127.0.0.1", 1)
+    assert line is not None and "`ssh -p 2222 me@lab`" in line

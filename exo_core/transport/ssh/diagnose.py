@@ -43,7 +43,7 @@ def diagnose(
     if "host key verification failed" in low or "no matching host key" in low:
         return (
             f"host key verification failed for {server}: its key is not the one in known_hosts (or it is "
-            f"not there yet); connect once with `ssh {route}` to check and record it"
+            f"not there yet); connect once with `ssh {route.command_line()}` to check and record it"
         )
     if "permission denied" in low:
         methods = _after(text, "Permission denied")

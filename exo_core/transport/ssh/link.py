@@ -59,7 +59,8 @@ def ssh_argv(command: str | None, route: SshRoute, host: str, port: int, connect
         host / port: the node's address as seen from the SSH server.
         connect_timeout: seconds for ssh's own TCP connect (``ConnectTimeout``, rounded up).
     """
-    argv = shlex.split(command) if command else ["ssh"]
+    # like GIT_SSH_COMMAND (which a shell runs): ~ and $VARIABLES in the words are expanded
+    argv = [os.path.expandvars(os.path.expanduser(w)) for w in shlex.split(command)] if command else ["ssh"]
     if not argv:
         raise ValueError("the SSH command is empty")
     for option in (*_OPTIONS, f"ConnectTimeout={max(1, int(-(-connect_timeout // 1)))}"):

@@ -83,6 +83,10 @@ class SshRoute:
         node = str(port) if host == DEFAULT_REMOTE_HOST else f"{_bracket(host)}:{port}"
         return f"ssh://{server}/{node}"
 
+    def command_line(self) -> str:
+        """How to reach the same server with a plain ``ssh`` command: ``[-p port] destination``."""
+        return self.destination if self.port is None else f"-p {self.port} {self.destination}"
+
     def __str__(self) -> str:
         return self.destination if self.port is None else f"{self.destination}:{self.port}"
 
