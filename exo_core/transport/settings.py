@@ -97,7 +97,8 @@ class TransportSettings(BaseSettings):
         validation_alias=AliasChoices("ssh_command", "EXO_SSH_COMMAND"),
         json_schema_extra={"cli_flag": "--ssh-command", "env_var": "EXO_SSH_COMMAND"},
         description="program and options that open SSH links to ssh:// peers, split like a shell would, ~ "
-        'and $VARIABLES expanded (as GIT_SSH_COMMAND for git), e.g. "ssh -F ~/.ssh/exo_config -i ~/.ssh/exo_key"; exo adds -o '
+        'and $VARIABLES expanded (as GIT_SSH_COMMAND for git), e.g. "ssh -F ~/.ssh/exo_config -i '
+        '~/.ssh/exo_key"; exo adds -o '
         "BatchMode=yes, ExitOnForwardFailure=yes, ServerAliveInterval=5, ServerAliveCountMax=3, "
         "ConnectTimeout, -p and -W HOST:PORT DESTINATION (default: ssh)",
     )

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -37,20 +35,19 @@ from anyio.abc import TaskGroup, TaskStatus
 from exo_core import __version__
 from exo_core.components import ComponentContext
 from exo_core.protocol.binary import Value
-from exo_core.protocol.codec import CONNECTION_TYPES, RoutedMessage, decode, encode
-from exo_core.protocol.control import Error, Ping, Pong
+from exo_core.protocol.codec import Encoded, RoutedMessage, encode
+from exo_core.protocol.control import Error
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
 from exo_core.protocol.errors import ErrorCode, ProtocolError
 from exo_core.protocol.frame import Frame, FrameType, frame_header
 from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
 from exo_core.transport.connection import Connection
 from exo_core.transport.dialer import Dialer
+from exo_core.transport.dispatch import Dispatcher, LinkOps
 from exo_core.transport.errors import (
     ConnectionClosedError,
     HandshakeError,
     PeerUnavailableError,
-    RemoteError,
-    RequestTimeoutError,
 )
 from exo_core.transport.handshake import LocalIdentity, handshake
 from exo_core.transport.links import Link, PeerTable
@@ -58,19 +55,23 @@ from exo_core.transport.settings import TransportSettings
 from exo_core.transport.sock import format_address, is_loopback, listen, tune
 from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Handler, Incoming, PeerEvent, PeerInfo, PeerListener, RelayHandler
-from exo_core.transport.workers import TaskPool
 
 log = logging.getLogger("exo_core.transport")
 
-_CORR_MAX = 0xFFFFFFFF
+
+def _peer(link: Link) -> PeerInfo:
+    return link.info
 
 
-@dataclass(eq=False)
-class _Pending:
-    via: str
-    event: anyio.Event = field(default_factory=anyio.Event)
-    reply: RoutedMessage | None = None
-    error: Exception | None = None
+def _label(link: Link) -> str:
+    return link.conn.label
+
+
+def _send_now(link: Link, encoded: Encoded) -> None:
+    try:
+        link.conn.send_nowait(encoded.parts)
+    except ConnectionClosedError:
+        pass
 
 
 class TcpTransport:
@@ -102,12 +103,11 @@ class TcpTransport:
         self._port: int | None = None
         self._key = cluster_key.encode("utf-8") if isinstance(cluster_key, str) else cluster_key
         self._instance = secrets.randbits(63)
-        self._corr = itertools.count(1)
-        self._handlers: dict[FrameType, Handler] = {}
-        self._relay: RelayHandler | None = None
         self._listeners: list[PeerListener] = []
         self._table = PeerTable(node_id, self.settings.drain_timeout, self._emit)
-        self._pending: dict[int, _Pending] = {}
+        self._dispatcher = Dispatcher(
+            node_id, LinkOps(_peer, _label, _send_now, self._reply), self._task_group, log
+        )
         self._dialer = Dialer(self.settings, self._serve, self._task_group, self._table)
         self._tg: TaskGroup | None = None
         self._connections = 0
@@ -120,7 +120,6 @@ class TcpTransport:
             self.settings.max_handshakes, self.settings.max_handshakes_per_address
         )
         self._evict_log = RateLimitedLog(10.0, time.monotonic)
-        self._pool = TaskPool()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -172,15 +171,11 @@ class TcpTransport:
 
     def on(self, frame_type: FrameType, handler: Handler) -> None:
         """Handle messages of one type (one handler per type; PING is answered by the transport)."""
-        if frame_type in CONNECTION_TYPES or frame_type in (FrameType.FRAGMENT, FrameType.PING):
-            raise ValueError(f"{frame_type.name} is handled by the transport itself")
-        if frame_type in self._handlers:
-            raise ValueError(f"a handler for {frame_type.name} is already registered")
-        self._handlers[frame_type] = handler
+        self._dispatcher.on(frame_type, handler)
 
     def set_relay(self, handler: RelayHandler | None) -> None:
         """Receive messages addressed to other nodes (``envelope.dst``), to pass on with :meth:`forward`."""
-        self._relay = handler
+        self._dispatcher.relay = handler
 
     def add_peer_listener(self, listener: PeerListener) -> Callable[[], None]:
         """Call ``listener`` on every peer up/down event; returns a function that unsubscribes it."""
@@ -189,11 +184,7 @@ class TcpTransport:
 
     def _emit(self, event: PeerEvent) -> None:
         if event.kind == "down":
-            err = PeerUnavailableError(f"connection to peer {event.peer.node_id} lost: {event.reason}")
-            for p in self._pending.values():
-                if p.via == event.peer.node_id and p.reply is None:
-                    p.error = err
-                    p.event.set()
+            self._dispatcher.peer_down(event.peer.node_id, event.reason)
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -385,7 +376,7 @@ class TcpTransport:
             await conn.pump(functools.partial(self._dispatch, link))
         except ProtocolError as exc:
             log.warning("closing connection to %s: %s", conn.label, exc)
-            self._send_error(link, Envelope(self.node_id), exc.code, exc.message)
+            self._dispatcher.send_error(link, Envelope(self.node_id), exc.code, exc.message)
             await conn.close_gracefully()
             return str(exc)
         except TimeoutError as exc:
@@ -398,97 +389,17 @@ class TcpTransport:
     # ---- incoming ------------------------------------------------------------------------------------
 
     def _dispatch(self, link: Link, frame: Frame) -> None:
-        ftype = frame.type
-        if ftype in CONNECTION_TYPES:
-            if ftype != FrameType.GOAWAY:
-                raise ProtocolError(ErrorCode.UNEXPECTED, f"{ftype.name} after the handshake")
+        if frame.type == FrameType.GOAWAY:  # the one connection message expected after the handshake
             link.peer_goaway = True
             if link.goaway_sent:
                 link.conn.fail("duplicate connection drained")
             return
-        try:
-            env, msg = decode(ftype, frame.payload)
-        except ProtocolError as exc:
-            log.warning("malformed %s from %s: %s", ftype.name, link.conn.label, exc)
-            self._send_error(link, Envelope(self.node_id), exc.code, f"malformed {ftype.name}: {exc.message}")
-            return
-        assert env is not None
-        if env.dst and env.dst != self.node_id:
-            self._incoming_for_other(link, env, msg, frame)
-            return
-        if env.reply:
-            pending = self._pending.get(env.corr)
-            if pending is not None and pending.via == link.info.node_id and pending.reply is None:
-                pending.reply = msg  # type: ignore[assignment]
-                pending.event.set()
-            else:
-                log.debug("dropping late or unknown reply %d from %s", env.corr, link.conn.label)
-            return
-        if ftype == FrameType.PING:
-            assert isinstance(msg, Ping)
-            if env.wants_reply:
-                reply = Envelope(self.node_id, env.src, env.corr, reply=True)
-                try:
-                    link.conn.send_nowait(encode(Pong(msg.nonce), reply).parts)
-                except ConnectionClosedError:
-                    pass
-            return
-        incoming = Incoming(link.info, env, msg, ftype, frame.payload)  # type: ignore[arg-type]
-        handler = self._handlers.get(ftype)
-        if handler is None:
-            if ftype == FrameType.ERROR:
-                assert isinstance(msg, Error)
-                log.warning("%s reported %s: %s", link.conn.label, msg.code_name, msg.message)
-            elif ftype != FrameType.PONG:
-                log.warning("no handler for %s from %s", ftype.name, link.conn.label)
-            if env.wants_reply:
-                self._send_error(link, env, ErrorCode.NO_HANDLER, f"this node does not handle {ftype.name}")
-            return
-        self._pool.submit(self._task_group(), self._run_handler, handler, link, incoming)
+        self._dispatcher.dispatch(link, frame)
 
-    def _incoming_for_other(self, link: Link, env: Envelope, msg: object, frame: Frame) -> None:
-        if self._relay is None:
-            log.warning("%s sent a %s for %s; no route", link.conn.label, frame.type.name, env.dst)
-            if env.wants_reply:
-                self._send_error(link, env, ErrorCode.NO_ROUTE, f"no route to {env.dst}")
-            return
-        incoming = Incoming(link.info, env, msg, frame.type, frame.payload)  # type: ignore[arg-type]
-        self._pool.submit(self._task_group(), self._run_relay, self._relay, incoming)
-
-    async def _run_relay(self, relay: RelayHandler, incoming: Incoming) -> None:
-        try:
-            await relay(incoming)
-        except Exception:
-            log.exception("relay of %s for %s failed", incoming.frame_type.name, incoming.envelope.dst)
-
-    def _send_error(self, link: Link, env: Envelope, code: ErrorCode, message: str) -> None:
-        reply = env.wants_reply and not env.reply
-        out = Envelope(self.node_id, env.src if reply else "", env.corr if reply else 0, reply=reply)
-        try:
-            link.conn.send_nowait(encode(Error(code, message), out).parts)
-        except ConnectionClosedError:
-            pass
-
-    async def _run_handler(self, handler: Handler, link: Link, incoming: Incoming) -> None:
-        env = incoming.envelope
-        try:
-            result = await handler(incoming)
-        except Exception as exc:
-            log.exception("handler for %s from %s failed", incoming.frame_type.name, link.conn.label)
-            if env.wants_reply:
-                self._send_error(link, env, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-            return
-        if not env.wants_reply:
-            return
-        if result is None:
-            self._send_error(link, env, ErrorCode.INTERNAL, f"no reply to {incoming.frame_type.name}")
-            return
-        reply_env = Envelope(self.node_id, env.src, env.corr, reply=True)
-        try:
-            conn = link.conn if not (link.conn.closed or link.goaway_sent) else self._conn(link.info.node_id)
-            await conn.send(encode(result, reply_env))
-        except (ConnectionClosedError, PeerUnavailableError) as exc:
-            log.warning("could not reply to %s: %s", link.conn.label, exc)
+    async def _reply(self, link: Link, encoded: Encoded) -> None:
+        """A handler's reply: on the link the request came on, or the one that replaced it."""
+        conn = link.conn if not (link.conn.closed or link.goaway_sent) else self._conn(link.info.node_id)
+        await conn.send(encoded)
 
     # ---- outgoing ------------------------------------------------------------------------------------
 
@@ -530,11 +441,7 @@ class TcpTransport:
             PeerUnavailableError: not connected, or the connection was lost while waiting.
             RemoteError: the peer replied with ``ERROR``.
         """
-        corr = next(self._corr) % _CORR_MAX + 1
-        if corr == _CORR_MAX:
-            self._corr = itertools.count(1)
-        pending = _Pending(peer_id)
-        self._pending[corr] = pending
+        corr, pending = self._dispatcher.open_request(peer_id)
         limit = self.settings.request_timeout if timeout is None else timeout
         try:
             encoded = encode(msg, Envelope(self.node_id, dst or peer_id, corr, wants_reply=True, ttl=ttl))
@@ -552,15 +459,8 @@ class TcpTransport:
                     await conn.send(encoded)
                     await pending.event.wait()
         finally:
-            del self._pending[corr]
-        if pending.error is not None:
-            raise pending.error
-        reply = pending.reply
-        if reply is None:
-            raise RequestTimeoutError(f"no reply from {dst or peer_id} to {msg.TYPE.name} within {limit:g}s")
-        if isinstance(reply, Error):
-            raise RemoteError(reply.code, reply.message, dst or peer_id)
-        return reply
+            self._dispatcher.forget_request(corr)
+        return self._dispatcher.result(pending, msg.TYPE.name, dst or peer_id, limit)
 
     async def forward(self, peer_id: str, incoming: Incoming) -> bool:
         """Relay a received message to ``peer_id`` as is (TTL decremented in place; nothing re-encoded).
@@ -587,7 +487,9 @@ class TcpTransport:
             )
             peer = self._table.peers.get(incoming.peer.node_id)
             if peer is not None and incoming.envelope.wants_reply:
-                self._send_error(peer.primary, incoming.envelope, exc.code, f"TTL expired at {self.node_id}")
+                self._dispatcher.send_error(
+                    peer.primary, incoming.envelope, exc.code, f"TTL expired at {self.node_id}"
+                )
             return False
         conn = self._conn(peer_id)
         if len(payload) <= self.settings.fragment_size:

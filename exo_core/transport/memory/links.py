@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import anyio
 from anyio import CancelScope
 
-from exo_core.protocol.codec import RoutedMessage
 from exo_core.transport.types import PeerInfo
 
 #: The host part of every memory transport's address (``memory:PORT``).
@@ -65,13 +64,3 @@ class End:
     inbound: Pipe
     drop: Callable[[str], None]
     scope: CancelScope = field(default_factory=CancelScope)
-
-
-@dataclass(eq=False)
-class Pending:
-    """A request waiting for its reply from the peer ``via``."""
-
-    via: str
-    event: anyio.Event = field(default_factory=anyio.Event)
-    reply: RoutedMessage | None = None
-    error: Exception | None = None
