@@ -14,6 +14,7 @@ import anyio.to_thread
 import numpy as np
 
 from exo_core.engine import MemoryUsage, ShardInfo, check_input, check_steps
+from exo_core.models.request_cache import RequestCaches
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_mlx import thread as mlx_thread
 from exo_engine_mlx.model import KVCache, ShardModel
@@ -87,18 +88,22 @@ class MlxEngine:
         if representation not in ("auto", "dense", "quantized"):
             raise ValueError(f"representation must be auto, dense or quantized, not {representation!r}")
         self.representation_choice: RepresentationChoice = representation
-        self.max_context = max_context
         self.cache_step = cache_step
         self.compile = compile
         self.split_matmuls = split_matmuls
         self._model: ShardModel | None = None
         self._info: ShardInfo | None = None
         self._key: tuple[ModelSource, int, int] | None = None
-        self._caches: dict[str, KVCache] = {}
+        self._caches: RequestCaches[KVCache] = RequestCaches(max_context)
         # MLX work (loading, every forward) runs on the process's one MLX thread, one call at a time and in
         # order (see exo_engine_mlx.thread): its streams exist on that thread only, and the caches stay
         # consistent
         self._load_lock = anyio.Lock()
+
+    @property
+    def max_context(self) -> int:
+        """Cap on positions per request (0: the model's context length)."""
+        return self._caches.max_context
 
     @property
     def representation(self) -> Representation | None:
@@ -179,23 +184,17 @@ class MlxEngine:
 
     def _cache(self, model: ShardModel, request_id: str) -> KVCache:
         """The request's cache, created empty (sized for this engine's context limit) on first use."""
-        cache = self._caches.get(request_id)
-        if cache is None:
-            limit = model.config.context_length
-            if self.max_context:
-                limit = min(limit, self.max_context)
-            cache = model.new_cache(self.cache_step, limit)
-            self._caches[request_id] = cache
-        return cache
+        return self._caches.get_or_create(
+            request_id, model.config.context_length, lambda limit: model.new_cache(self.cache_step, limit)
+        )
 
     async def free(self, request_id: str) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.free`."""
-        self._caches.pop(request_id, None)
+        self._caches.free(request_id)
 
     def position(self, request_id: str) -> int:
         """See :meth:`exo_core.engine.InferenceEngine.position`."""
-        cache = self._caches.get(request_id)
-        return 0 if cache is None else cache.pos
+        return self._caches.position(request_id)
 
     def shard(self) -> ShardInfo | None:
         """See :meth:`exo_core.engine.InferenceEngine.shard`."""
@@ -204,4 +203,4 @@ class MlxEngine:
     def memory(self) -> MemoryUsage:
         """See :meth:`exo_core.engine.InferenceEngine.memory`."""
         weights = self._model.params.nbytes() if self._model is not None else 0
-        return MemoryUsage(weights=weights, kv_cache=sum(c.nbytes for c in list(self._caches.values())))
+        return MemoryUsage(weights=weights, kv_cache=self._caches.nbytes())

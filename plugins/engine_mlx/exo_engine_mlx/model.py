@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from exo_core.models.config import ModelConfig
+from exo_core.models.request_cache import check_room
 from exo_engine_mlx.weights import Block, ShardParams
 
 if TYPE_CHECKING:
@@ -42,11 +43,8 @@ class KVCache:
         """Make room for ``n`` more positions (``ValueError`` past the context limit)."""
         import mlx.core as mx
 
+        check_room(self.pos, n, self.max_len)
         need = self.pos + n
-        if need > self.max_len:
-            raise ValueError(
-                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}"
-            )
         if need <= self.capacity:
             return
         new_cap = min(self.max_len, -(-need // self.step) * self.step)

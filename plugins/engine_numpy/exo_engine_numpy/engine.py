@@ -15,6 +15,7 @@ import anyio.to_thread
 import numpy as np
 
 from exo_core.engine import MemoryUsage, ShardInfo, check_input, check_steps
+from exo_core.models.request_cache import RequestCaches
 from exo_core.models.source import ModelSource, load_config
 from exo_engine_numpy.quant_shard import QuantShard, holds_quantized
 from exo_engine_numpy.shard import KVCache, NumpyShard
@@ -38,15 +39,19 @@ class NumpyEngine:
         if weights not in ("auto", "float32", "quantized"):
             raise ValueError(f"weights must be auto, float32 or quantized, not {weights!r}")
         self.weights = weights
-        self.max_context = max_context
         self.initial_cache = initial_cache
         #: the representation of the loaded shard (``float32`` or ``quantized``), ``None`` before load
         self.representation: str | None = None
         self._shard: NumpyShard | QuantShard | None = None
         self._info: ShardInfo | None = None
         self._key: tuple[ModelSource, int, int] | None = None
-        self._caches: dict[str, KVCache] = {}
+        self._caches: RequestCaches[KVCache] = RequestCaches(max_context)
         self._load_lock = anyio.Lock()
+
+    @property
+    def max_context(self) -> int:
+        """Cap on positions per request (0: the model's context length)."""
+        return self._caches.max_context
 
     async def load(self, source: ModelSource, first_layer: int, last_layer: int, n_layers_total: int) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.load`."""
@@ -96,23 +101,17 @@ class NumpyEngine:
 
     def _cache(self, shard: NumpyShard | QuantShard, request_id: str) -> KVCache:
         """The request's cache, created empty (sized for this engine's context limit) on first use."""
-        cache = self._caches.get(request_id)
-        if cache is None:
-            limit = shard.config.context_length
-            if self.max_context:
-                limit = min(limit, self.max_context)
-            cache = shard.new_cache(self.initial_cache, limit)
-            self._caches[request_id] = cache
-        return cache
+        return self._caches.get_or_create(
+            request_id, shard.config.context_length, lambda limit: shard.new_cache(self.initial_cache, limit)
+        )
 
     async def free(self, request_id: str) -> None:
         """See :meth:`exo_core.engine.InferenceEngine.free`."""
-        self._caches.pop(request_id, None)
+        self._caches.free(request_id)
 
     def position(self, request_id: str) -> int:
         """See :meth:`exo_core.engine.InferenceEngine.position`."""
-        cache = self._caches.get(request_id)
-        return 0 if cache is None else cache.pos
+        return self._caches.position(request_id)
 
     def shard(self) -> ShardInfo | None:
         """See :meth:`exo_core.engine.InferenceEngine.shard`."""
@@ -121,4 +120,4 @@ class NumpyEngine:
     def memory(self) -> MemoryUsage:
         """See :meth:`exo_core.engine.InferenceEngine.memory`."""
         weights = self._shard.nbytes() if self._shard is not None else 0
-        return MemoryUsage(weights=weights, kv_cache=sum(c.nbytes for c in list(self._caches.values())))
+        return MemoryUsage(weights=weights, kv_cache=self._caches.nbytes())

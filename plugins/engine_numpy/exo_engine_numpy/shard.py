@@ -9,24 +9,27 @@ from collections.abc import Callable
 import numpy as np
 
 from exo_core.models.config import ModelConfig
+from exo_core.models.request_cache import check_room
 from exo_core.models.rope import rope_inv_freq
 from exo_core.models.source import ModelSource, ensure_layers, load_config, open_weights
 from exo_core.models.weights import RowLookup, names_for_shard
-from exo_engine_numpy.layers import (
-    F32,
+from exo_engine_numpy.fused_weights import (
     LayerWeights,
-    RopeTable,
     ShardWeights,
     WeightArena,
+    fuse_layer,
+    layer_floats,
+    pack_layer,
+)
+from exo_engine_numpy.layers import (
+    F32,
+    RopeTable,
     attention_block,
     block_step,
     block_steps,
     causal_mask,
     few_rows_matmul,
-    fuse_layer,
-    layer_floats,
     mlp_block,
-    pack_layer,
     rms_norm,
 )
 
@@ -50,11 +53,8 @@ class KVCache:
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` more positions (``ValueError`` past the context limit)."""
+        check_room(self.pos, n, self.max_len)
         need = self.pos + n
-        if need > self.max_len:
-            raise ValueError(
-                f"context overflow: {self.pos} cached + {n} new positions > limit {self.max_len}"
-            )
         cap = self.k.shape[2]
         if need <= cap:
             return

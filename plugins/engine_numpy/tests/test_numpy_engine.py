@@ -150,7 +150,7 @@ def test_rope_table_grows_and_matches_direct_angles() -> None:
 
 
 async def test_layer_matrices_share_one_aligned_arena_in_decode_order(engine: NumpyEngine) -> None:
-    from exo_engine_numpy.layers import HUGE_PAGE
+    from exo_engine_numpy.fused_weights import HUGE_PAGE
 
     shard = engine._shard
     assert shard is not None
@@ -162,7 +162,7 @@ async def test_layer_matrices_share_one_aligned_arena_in_decode_order(engine: Nu
 
 
 def test_weight_arena_refuses_to_overflow() -> None:
-    from exo_engine_numpy.layers import WeightArena
+    from exo_engine_numpy.fused_weights import WeightArena
 
     arena = WeightArena(6)
     view = arena.put(np.arange(4, dtype=np.float32).reshape(2, 2))
