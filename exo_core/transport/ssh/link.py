@@ -31,8 +31,8 @@ from exo_core.transport.ssh.route import SshRoute
 
 log = logging.getLogger("exo_core.transport")
 
-#: Options exo always passes (before the user's command's own arguments would not override them: ssh keeps
-#: the first value it gets for an option, so ``--ssh-command "ssh -o ServerAliveInterval=30"`` wins).
+#: Options exo always passes, after the user's own (ssh keeps the first value it gets for an option, so
+#: ``--ssh-command "ssh -o ServerAliveInterval=30"`` wins over exo's 5).
 _OPTIONS = (
     "BatchMode=yes",  # never prompt: there is no terminal to answer on
     "ExitOnForwardFailure=yes",  # a closed remote port ends the child at once, with a message
@@ -44,6 +44,20 @@ _STDERR_LINES = 20
 #: seconds the child gets to exit by itself once its stdin closed, then on SIGTERM before SIGKILL
 _EOF_GRACE = 0.5
 _TERM_GRACE = 2.0
+
+
+#: Socket-pair buffer size asked for (the kernel caps it at net.core.wmem_max / rmem_max). A Unix socket's
+#: default (~208 KB) made a 64 MiB tensor take 2x the sendmsg calls and ~1.5x exo's CPU of a loopback TCP
+#: socket, which grows to 4 MiB by itself (measured with benchmarks/ssh_link.py).
+_PAIR_BUFFER = 4 << 20
+
+
+def _widen(sock: socket.socket) -> None:
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _PAIR_BUFFER)
+        except OSError:  # not allowed here: the default still works
+            pass
 
 
 class SshLinkError(ExoError, OSError):
@@ -100,6 +114,8 @@ class SshProcess:
         """
         argv = ssh_argv(command, route, host, port, connect_timeout)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (ours, theirs):
+            _widen(end)
         try:
             process = await anyio.open_process(
                 argv,
