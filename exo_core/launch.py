@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from exo_core.api.backend import BackendError, Finished, SamplingParams, TokenEvent
+from exo_core.api.backend import BackendError, Finished, TokenEvent
 from exo_core.components import KINDS
 from exo_core.orchestration.node import Node
+from exo_core.params import SamplingParams
 from exo_core.settings import CoreSettings
 from exo_core.topology.device import device_capabilities
 

@@ -20,12 +20,12 @@ from exo_core.api.backend import (
     FinishReason,
     ModelInfo,
     Progress,
-    SamplingParams,
     Started,
     TokenEvent,
     Topology,
 )
 from exo_core.api.server import serve_api
+from exo_core.params import SamplingParams
 
 __all__ = [
     "BackendError",

@@ -17,39 +17,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict
 
+from exo_core.params import SamplingParams
+
 FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample one request, already validated by the API layer.
-
-    Attributes:
-        max_tokens: maximum number of generated tokens; ``None`` means until end of sequence or the end of
-            the model's context.
-        temperature: 0 means greedy; range [0, 2].
-        top_p: nucleus sampling mass in [0, 1] (1 disables it).
-        top_k: keep only the k most likely tokens (``None`` disables it).
-        seed: seed of the request's own random generator (``None``: random).
-        logprobs: whether each :class:`TokenEvent` must carry ``logprob``.
-        top_logprobs: how many alternatives each :class:`TokenEvent` must carry in ``top_logprobs``
-            (0 when not asked for).
-        presence_penalty: OpenAI's, in [-2, 2]: subtracted from the logit of every token already generated.
-        frequency_penalty: OpenAI's, in [-2, 2]: subtracted once per time a token was already generated.
-        logit_bias: ``(token id, bias)`` pairs, bias in [-100, 100], added to the logits before sampling
-            (greedy included). Token ids are checked against the model's vocabulary by the backend.
-    """
-
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from exo_core.api.backend import (
     Finished,
     FinishReason,
     Progress,
-    SamplingParams,
     Started,
     TokenEvent,
 )
 from exo_core.api.errors import APIError
 from exo_core.api.metrics import Metrics
 from exo_core.api.stops import Released, StopFilter
+from exo_core.params import SamplingParams
 
 log = logging.getLogger("exo_core.api")
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from exo_core.api.backend import SamplingParams
+from exo_core.params import SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
@@ -190,7 +190,7 @@ class ChatCompletionRequest(_Common):
             else self.max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k,
+            top_k=self.top_k or 0,
             seed=self.seed,
             logprobs=bool(self.logprobs),
             top_logprobs=(self.top_logprobs or 0) if self.logprobs else 0,
@@ -241,7 +241,7 @@ class CompletionRequest(_Common):
             max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k,
+            top_k=self.top_k or 0,
             seed=self.seed,
             logprobs=self.logprobs is not None,
             top_logprobs=self.logprobs or 0,

@@ -91,7 +91,7 @@ class ClusterAuth:
 
 @dataclass(frozen=True)
 class DiscoveryFrame:
-    """A decoded, verified discovery frame (not the transport's :class:`exo_core.protocol.frame.Frame`)."""
+    """A decoded, verified discovery frame (not the transport's :class:`exo_core.protocol.header.Frame`)."""
 
     type: MessageType
     body: dict[str, Any]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from exo_core.models.chat import chat_template, render_chat
 from exo_core.models.config import ModelConfig
 from exo_core.models.errors import ModelError, ModelFormatError, ModelNotFoundError
-from exo_core.models.sampling import SamplingParams, make_rng, sample, token_logprob, top_logprobs
+from exo_core.models.sampling import make_rng, sample, token_logprob, top_logprobs
 from exo_core.models.source import (
     DEFAULT_MODEL,
     REGISTRY,
@@ -29,7 +29,6 @@ __all__ = [
     "ModelFormatError",
     "ModelNotFoundError",
     "ModelSource",
-    "SamplingParams",
     "Tokenizer",
     "chat_template",
     "ensure_layers",

@@ -11,27 +11,8 @@ arg-max); the stage runner reports logprobs of the adjusted logits (see :func:`a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling settings (OpenAI-style names)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0):
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
 
 
 def make_rng(seed: int | None) -> np.random.Generator:

@@ -5,19 +5,15 @@ nodes, sends ``PROMPT`` to the first stage and turns the ``TOKEN`` s that come b
 request with ``FINISH`` to every node of the plan, whether it finished, failed, timed out or was closed
 early by the API (stop string, client gone).
 
-**Failover**: when a node of the plan is lost (its connections are gone, it froze past the keepalive
-timeout, or it reported an ERROR for the request), the request moves to a new plan over the nodes that
-remain, at most ``failover_retries`` times: the prompt of the replay is the prompt plus every token the
-client already got, and the wire's ``resumed`` field lets the last stage continue the penalties and the
-seeded random sequence, so the client sees one stream with no token lost or repeated. Only when no plan
-fits, or the retries are used up, does the request fail, with 503 ``node_lost`` naming the lost nodes.
+When a node of the plan is lost, the request moves to a new plan over the nodes that remain, at most
+``failover_retries`` times, and the client sees one stream (:mod:`~exo_core.orchestration.failover`).
+``/v1/topology`` is described by :mod:`~exo_core.orchestration.topology_view`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from typing import Any
@@ -30,7 +26,6 @@ from exo_core.api.backend import (
     Finished,
     ModelInfo,
     Progress,
-    SamplingParams,
     Started,
     TokenEvent,
 )
@@ -39,9 +34,13 @@ from exo_core.models.chat import render_chat
 from exo_core.models.errors import ModelError, ModelNotFoundError
 from exo_core.orchestration.catalog import Catalog, LoadedModel
 from exo_core.orchestration.checks import check_length, check_memory, checked_logit_bias
+from exo_core.orchestration.failover import Failover, Resume
 from exo_core.orchestration.requests import RequestFailed, RequestTracker
+from exo_core.orchestration.topology_view import LastPlan, describe_topology
+from exo_core.params import SamplingParams
 from exo_core.protocol import inference as wire
 from exo_core.protocol.codec import RoutedMessage
+from exo_core.protocol.sampling import Sampling
 from exo_core.topology.cluster import ClusterView
 from exo_core.topology.partition import NoCapacityError, Partitioner, Plan, fold_head
 
@@ -49,10 +48,6 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[str, RoutedMessage], Awaitable[None]]
 MAX_WIRE_TOKENS = 2**32 - 1
-#: seconds a failover waits for the cluster view to tell which node of the failed plan is gone
-LOSS_GRACE = 1.0
-#: failovers remembered for ``/v1/topology``
-RECENT_EVENTS = 32
 
 
 class NodeBackend:
@@ -81,14 +76,24 @@ class NodeBackend:
         self.token_timeout = token_timeout
         self.engine_name = engine_name
         self._shards = shards
-        self.failover_retries = failover_retries
+        self.failover = Failover(cluster, failover_retries)
         #: set when the node is shutting down: new requests get 503 (see :meth:`Node.drain`)
         self.draining = False
-        #: requests moved to a new plan so far (``GET /metrics``: ``exo_failovers_total``)
-        self.failovers = 0
-        #: the latest failovers, shown by ``/v1/topology`` as ``recent_events``
-        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
-        self._last_plan: tuple[str, int, Plan] | None = None
+        self._last_plan: LastPlan | None = None
+
+    @property
+    def failover_retries(self) -> int:
+        """Times a request may move to a new plan when a node of its plan is lost."""
+        return self.failover.retries
+
+    @failover_retries.setter
+    def failover_retries(self, value: int) -> None:
+        self.failover.retries = value
+
+    @property
+    def recent_events(self) -> deque[dict[str, Any]]:
+        """The latest failovers, shown by ``/v1/topology`` as ``recent_events``."""
+        return self.failover.recent_events
 
     # ---- cheap reads -----------------------------------------------------------------------------------
 
@@ -105,54 +110,12 @@ class NodeBackend:
             "peers": len(self.cluster.own.neighbors),
             "nodes": len(self.cluster.reachable()),
             "requests_in_flight": len(self.tracker),
-            "failovers": self.failovers,
+            "failovers": self.failover.count,
         }
 
     def topology(self) -> dict[str, Any]:
-        reachable = self.cluster.reachable()
-        nodes = []
-        for rec in sorted(self.cluster.records.values(), key=lambda r: r.node_id):
-            if rec.node_id not in reachable:
-                continue
-            caps = rec.capabilities
-            node: dict[str, Any] = {
-                "id": rec.node_id,
-                "address": rec.address,
-                "is_self": rec.node_id == self.cluster.self_id,
-            }
-            for key in ("model", "chip", "engine"):
-                if isinstance(caps.get(key), str):
-                    node[key] = caps[key]
-            node["memory_mb"] = rec.memory_mb
-            if isinstance(caps.get("flops"), dict):
-                node["flops"] = caps["flops"]
-            nodes.append(node)
-        connections = [
-            {"a": a, "b": b}
-            for a, b in sorted(sorted(e) for e in self.cluster.edges())
-            if a in reachable and b in reachable
-        ]
-        plan = None
-        if self._last_plan is not None:
-            model, n_layers, entries = self._last_plan
-            plan = {
-                "model": model,
-                "n_layers": n_layers,
-                "shards": [
-                    {"node_id": e.node_id, "first_layer": e.first_layer, "last_layer": e.last_layer}
-                    for e in entries
-                ],
-            }
-        out: dict[str, Any] = {
-            "node_id": self.cluster.self_id,
-            "nodes": nodes,
-            "connections": connections,
-            "plan": plan,
-        }
-        if self._shards is not None:
-            out["loaded_shards"] = self._shards()
-        out["recent_events"] = list(self.recent_events)
-        return out
+        shards = self._shards() if self._shards is not None else None
+        return describe_topology(self.cluster, self._last_plan, shards, self.recent_events)
 
     # ---- generation ------------------------------------------------------------------------------------
 
@@ -250,35 +213,21 @@ class NodeBackend:
             )
         max_tokens = min(params.max_tokens if params.max_tokens is not None else room, room, MAX_WIRE_TOKENS)
         max_tokens = max(1, max_tokens)
-        sampling = wire.SamplingParams(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k or 0,
-            seed=params.seed,
-            max_tokens=max_tokens,
-            top_logprobs=params.top_logprobs,
-            stop_token_ids=loaded.tokenizer.eos_token_ids,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            logit_bias=checked_logit_bias(params.logit_bias, loaded.config.vocab_size),
-        )
+        checked_logit_bias(params.logit_bias, loaded.config.vocab_size)
+        sampling = Sampling(params, max_tokens, loaded.tokenizer.eos_token_ids)
         tokenizer = loaded.tokenizer
         detok = tokenizer.detokenizer()
-        emitted: list[int] = []  # every token the client got, in order: a replay resumes after them
-        excluded: set[str] = set()
-        attempt = 0
+        resume = Resume(request_id)
         yield Started(prompt_tokens=len(ids))
         while True:
-            # each plan of the request runs under its own wire id, so steps of a lost plan still in
-            # flight can never be taken for steps of the new one
-            wire_id = request_id if attempt == 0 else f"{request_id}.{attempt}"
+            wire_id = resume.wire_id
             ctx = wire.RequestContext(
                 request_id=wire_id,
                 origin=self.cluster.self_id,
                 model_id=model,
                 plan=tuple(wire.Stage(e.node_id, e.first_layer, e.last_layer) for e in plan),
                 sampling=dataclasses.replace(
-                    sampling, max_tokens=max_tokens - len(emitted), resumed=tuple(emitted)
+                    sampling, max_tokens=max_tokens - len(resume.emitted), resumed=tuple(resume.emitted)
                 ),
             )
             nodes = frozenset(e.node_id for e in plan)
@@ -287,14 +236,14 @@ class NodeBackend:
                 "request %s: %d prompt tokens%s, plan %s",
                 wire_id,
                 len(ids),
-                f" + {len(emitted)} generated (resumed)" if emitted else "",
+                f" + {len(resume.emitted)} generated (resumed)" if resume.emitted else "",
                 " -> ".join(f"{e.node_id}[{e.first_layer}..{e.last_layer}]" for e in plan),
             )
             reason = "cancelled"
             failure: RequestFailed | None = None
             try:
                 try:
-                    await self._send(plan[0].node_id, wire.Prompt(ctx, (*ids, *emitted)))
+                    await self._send(plan[0].node_id, wire.Prompt(ctx, resume.prompt(ids)))
                 except (ExoError, OSError) as exc:
                     failure = RequestFailed(f"cannot reach node {plan[0].node_id}: {exc}", plan[0].node_id)
                 timeout, waiting_first = self.request_timeout, True
@@ -322,7 +271,7 @@ class NodeBackend:
                         reason = "stop"
                         yield Finished("stop")
                         return
-                    emitted.append(event.token_id)
+                    resume.emitted.append(event.token_id)
                     top = None
                     if params.top_logprobs:
                         top = [(tokenizer.decode([t]), lp) for t, lp in event.top_logprobs]
@@ -345,92 +294,11 @@ class NodeBackend:
                             await self._send(node, wire.Finish(wire_id, reason))
                         except Exception as exc:
                             log.debug("FINISH for %s to %s not delivered: %s", wire_id, node, exc)
-            attempt += 1
-            plan = await self._failover(
-                request_id,
-                model,
-                (n_layers, head_layers, loaded.model_bytes),
+            plan = await self.failover.next_plan(
+                resume,
                 plan,
                 failure,
-                attempt,
-                excluded,
+                lambda exclude: self.plan(
+                    model, n_layers, head_layers, exclude=exclude, model_bytes=loaded.model_bytes
+                ),
             )
-
-    async def _failover(
-        self,
-        request_id: str,
-        model: str,
-        layers: tuple[int, int, int],
-        plan: Plan,
-        failure: RequestFailed,
-        attempt: int,
-        excluded: set[str],
-    ) -> Plan:
-        """The plan a request moves to after ``failure`` ended its ``attempt``-th plan; the lost nodes join
-        ``excluded`` (the nodes this request no longer uses).
-
-        Raises:
-            BackendError: 503 ``node_lost`` when the retries are used up or no plan fits without the lost
-                nodes (the message names them and says the request can be retried).
-        """
-        old = [e.node_id for e in plan]
-        lost = await self._lost_nodes(old, failure)
-        named = ", ".join(sorted(lost)) or "none"
-        if attempt > self.failover_retries:
-            self._note_event(request_id, "failover_gave_up", lost, failure.message)
-            raise BackendError(
-                503,
-                "node_lost",
-                f"{failure.message}; the request already moved to a new plan {attempt - 1} time(s) "
-                f"(--failover-retries {self.failover_retries}); retry it",
-            )
-        excluded.update(lost)
-        try:
-            n_layers, head_layers, model_bytes = layers
-            new = self.plan(model, n_layers, head_layers, exclude=excluded, model_bytes=model_bytes)
-        except BackendError as exc:
-            self._note_event(request_id, "failover_no_plan", lost, failure.message)
-            raise BackendError(
-                503,
-                "node_lost",
-                f"{failure.message}; no plan fits without node(s) {', '.join(sorted(excluded))} "
-                f"({exc.message}); retry the request when they are back",
-            ) from None
-        self._note_event(request_id, "failover", lost, failure.message)
-        self.failovers += 1
-        log.warning(
-            "request %s: %s; lost node(s) %s; moving it to plan %s (retry %d of %d)",
-            request_id,
-            failure.message,
-            named,
-            " -> ".join(f"{e.node_id}[{e.first_layer}..{e.last_layer}]" for e in new),
-            attempt,
-            self.failover_retries,
-        )
-        return new
-
-    async def _lost_nodes(self, old: list[str], failure: RequestFailed) -> set[str]:
-        """The nodes of a failed plan to leave out of the next one: those no longer reachable or leaving
-        (waiting up to :data:`LOSS_GRACE` s for the cluster view to notice), else the node that reported
-        the failure."""
-        deadline = time.monotonic() + LOSS_GRACE
-        while True:
-            usable = self.cluster.reachable() - (self.cluster.leaving() - {self.cluster.self_id})
-            lost = {n for n in old if n not in usable}
-            if lost or time.monotonic() >= deadline:
-                break
-            await anyio.sleep(0.05)
-        if not lost and failure.node_id in old and failure.node_id != self.cluster.self_id:
-            lost = {failure.node_id}
-        return lost
-
-    def _note_event(self, request_id: str, kind: str, lost: set[str], reason: str) -> None:
-        self.recent_events.append(
-            {
-                "time": round(time.time(), 3),
-                "event": kind,
-                "request_id": request_id,
-                "lost_nodes": sorted(lost),
-                "reason": reason,
-            }
-        )

@@ -27,7 +27,7 @@ from exo_core.orchestration.shards import ShardHost
 from exo_core.orchestration.stages import StageRunner
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.control import Error
-from exo_core.protocol.frame import FrameType
+from exo_core.protocol.header import FrameType
 from exo_core.protocol.inference import Finish, Progress, Prompt, TensorMessage, Token, Topology
 from exo_core.settings import CoreSettings
 from exo_core.topology.cluster import DRAINING, ClusterView

@@ -9,6 +9,7 @@ Any failure becomes an ``ERROR`` for the origin, naming this node and its layers
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter, OrderedDict
@@ -232,16 +233,17 @@ class StageRunner:
 
     async def _sample(self, ctx: RequestContext, logits: np.ndarray, step: int, position: int) -> Token:
         # Lone and batched steps both come through here: the batcher only runs the forward passes.
-        params = ctx.sampling
+        run = ctx.sampling
+        params = run.params
         rng = self._rngs.get(ctx.request_id)
         if rng is None:
             rng = self._rngs[ctx.request_id] = make_rng(params.seed)
             # a replay after a failover: continue the random sequence where the lost plan left it
-            skip_tokens(rng, len(params.resumed), params.temperature, params.top_k)
+            skip_tokens(rng, len(run.resumed), params.temperature, params.top_k)
         counts = None
         if params.presence_penalty or params.frequency_penalty:
             if step == 0:  # the request's first token: a PROMPT (re)started it, nothing sampled here yet
-                self._counts[ctx.request_id] = dict(Counter(params.resumed))
+                self._counts[ctx.request_id] = dict(Counter(run.resumed))
             counts = self._counts.setdefault(ctx.request_id, {})
         logits = adjust_logits(
             logits, counts, params.presence_penalty, params.frequency_penalty, params.logit_bias
@@ -250,11 +252,12 @@ class StageRunner:
         if counts is not None:
             counts[token_id] = counts.get(token_id, 0) + 1
         top = tuple(top_logprobs(logits, params.top_logprobs)) if params.top_logprobs else ()
-        logprob = token_logprob(logits, token_id)
+        # computed only when asked for (a softmax over the vocabulary per token); NaN on the wire otherwise
+        logprob = token_logprob(logits, token_id) if params.logprobs else math.nan
         reason = ""
-        if token_id in params.stop_token_ids:
+        if token_id in run.stop_token_ids:
             reason = "stop"
-        elif step + 1 >= params.max_tokens or position + 1 >= await self._context(ctx.model_id):
+        elif step + 1 >= run.max_tokens or position + 1 >= await self._context(ctx.model_id):
             reason = "length"
         return Token(ctx, step, position, token_id, logprob, top, bool(reason), reason)
 

@@ -32,30 +32,21 @@ from exo_core.protocol.control import (
 )
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import (
-    DEFAULT_MAX_FRAME_SIZE,
-    HEADER_SIZE,
-    MAGIC,
-    Fragmenter,
-    Frame,
-    FrameParser,
-    FrameType,
-    encode_frame,
-    fragments,
-    frame_header,
-)
+from exo_core.protocol.fragment import Fragmenter, fragments
+from exo_core.protocol.frame import DEFAULT_MAX_FRAME_SIZE, FrameParser
+from exo_core.protocol.header import HEADER_SIZE, MAGIC, Frame, FrameType, encode_frame, frame_header
 from exo_core.protocol.inference import (
     Finish,
     NodeState,
     Progress,
     Prompt,
     RequestContext,
-    SamplingParams,
     Stage,
     TensorMessage,
     Token,
     Topology,
 )
+from exo_core.protocol.sampling import Sampling
 from exo_core.protocol.tensor import Tensor
 
 __all__ = [
@@ -90,7 +81,7 @@ __all__ = [
     "Ready",
     "RequestContext",
     "RoutedMessage",
-    "SamplingParams",
+    "Sampling",
     "Stage",
     "Tensor",
     "TensorMessage",

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from exo_core.protocol.binary import Reader, Writer
+from exo_core.protocol.buffers import Buffer
 from exo_core.protocol.control import AuthChallenge, AuthResponse, Error, GoAway, Hello, Ping, Pong, Ready
 from exo_core.protocol.envelope import Envelope
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import HEADER, MAGIC, Buffer, FrameType
+from exo_core.protocol.header import HEADER, MAGIC, FrameType
 from exo_core.protocol.inference import Finish, Progress, Prompt, TensorMessage, Token, Topology
 
 ConnectionMessage = Hello | AuthChallenge | AuthResponse | Ready | GoAway

@@ -7,7 +7,7 @@ from typing import ClassVar, Final
 
 from exo_core.protocol.binary import Reader, Value, Writer
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import FrameType
+from exo_core.protocol.header import FrameType
 
 #: Protocol versions this implementation speaks (negotiated in HELLO). Version 2: a keyed node's first HELLO
 #: is anonymous (its identity follows authentication); version 1 sent it before.

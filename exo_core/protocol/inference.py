@@ -6,31 +6,20 @@ disagree about who runs what (DESIGN.md §3).
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from exo_core.protocol.binary import Reader, Value, Writer
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import FrameType
+from exo_core.protocol.header import FrameType
+from exo_core.protocol.sampling import Sampling
+from exo_core.protocol.sampling import skip as skip_sampling
 from exo_core.protocol.tensor import Tensor, read_tensor, write_tensor_header
 
 MAX_PLAN: Final = 255
-#: sampling flags: a seed is set; penalties follow the stop ids; a logit bias follows; the ids of tokens
-#: generated before a failover follow (see docs/protocol.md)
-SEED_SET: Final = 0x01
-PENALTIES_SET: Final = 0x02
-LOGIT_BIAS_SET: Final = 0x04
-RESUMED_SET: Final = 0x08
-_SAMPLING_FLAGS: Final = SEED_SET | PENALTIES_SET | LOGIT_BIAS_SET | RESUMED_SET
-#: most ``logit_bias`` entries a context may carry (u16 count on the wire)
-MAX_LOGIT_BIAS: Final = 0xFFFF
 TOKEN_FINISHED: Final = 0x01
 # Fixed-size runs of fields, each read and written with one struct call (the hot path of every message).
-_SAMPLING: Final = struct.Struct(">ffIBqIBH")  # temperature, top_p, top_k, flags, seed, max, top_logprobs, n
-_SAMPLING_FLAGS_AT: Final = 12  # offset of the flags byte in _SAMPLING
-_PENALTIES: Final = struct.Struct(">ff")  # presence_penalty, frequency_penalty
 _STAGE: Final = struct.Struct(">HH")  # first_layer, last_layer
 _STEP_POS: Final = struct.Struct(">II")  # step, position
 
@@ -45,110 +34,6 @@ class Stage:
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """How the last node of the plan picks tokens (temperature 0 = greedy; top_k 0 = off).
-
-    ``presence_penalty``, ``frequency_penalty`` and ``logit_bias`` (``(token id, bias)`` pairs) are OpenAI's
-    (:func:`exo_core.models.sampling.adjust_logits`). They are written only when set (flags 0x02, 0x04), so
-    a context that uses none of them encodes exactly as before they existed.
-
-    ``resumed`` (flag 0x08) holds the tokens a request had generated before its plan lost a node: the
-    prompt of the replay ends with them, and the last stage counts them for the penalties and moves the
-    seeded generator past their draws, so the continued stream is the one the lost plan would have made.
-    ``max_tokens`` then counts the tokens still to generate.
-    """
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    max_tokens: int = 256
-    top_logprobs: int = 0
-    stop_token_ids: tuple[int, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    resumed: tuple[int, ...] = ()
-
-    def write(self, w: Writer) -> None:
-        penalties = self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
-        if len(self.logit_bias) > MAX_LOGIT_BIAS:
-            raise ValueError(f"logit_bias has {len(self.logit_bias)} entries, at most {MAX_LOGIT_BIAS}")
-        flags = (
-            (SEED_SET if self.seed is not None else 0)
-            | (PENALTIES_SET if penalties else 0)
-            | (LOGIT_BIAS_SET if self.logit_bias else 0)
-            | (RESUMED_SET if self.resumed else 0)
-        )
-        w.pack(
-            _SAMPLING,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            flags,
-            self.seed or 0,
-            self.max_tokens,
-            self.top_logprobs,
-            len(self.stop_token_ids),
-        )
-        if self.stop_token_ids:
-            w.raw(struct.pack(f">{len(self.stop_token_ids)}i", *self.stop_token_ids))
-        if penalties:
-            w.pack(_PENALTIES, self.presence_penalty, self.frequency_penalty)
-        if self.logit_bias:
-            w.u16(len(self.logit_bias))
-            flat = (x for pair in self.logit_bias for x in pair)
-            w.raw(struct.pack(f">{'if' * len(self.logit_bias)}", *flat))
-        if self.resumed:
-            w.u32(len(self.resumed))
-            w.raw(struct.pack(f">{len(self.resumed)}i", *self.resumed))
-
-    @classmethod
-    def read(cls, r: Reader) -> SamplingParams:
-        temperature, top_p, top_k, flags, seed, max_tokens, top_logprobs, n = r.unpack(_SAMPLING, "sampling")
-        if flags & ~_SAMPLING_FLAGS:
-            raise ProtocolError(ErrorCode.MALFORMED, f"sampling: unknown flags 0x{flags:02x}")
-        stops: tuple[int, ...] = ()
-        if n:
-            r.count(n, 4, "stop_token_ids")
-            stops = r.unpack(struct.Struct(f">{n}i"), "stop_token_ids")
-        presence = frequency = 0.0
-        if flags & PENALTIES_SET:
-            presence, frequency = r.unpack(_PENALTIES, "sampling penalties")
-            if not (math.isfinite(presence) and math.isfinite(frequency)):
-                raise ProtocolError(ErrorCode.MALFORMED, "sampling: penalties must be finite")
-        bias: tuple[tuple[int, float], ...] = ()
-        if flags & LOGIT_BIAS_SET:
-            m = r.count(r.u16("logit_bias count"), 8, "logit_bias")
-            flat = r.unpack(struct.Struct(f">{'if' * m}"), "logit_bias")
-            bias = tuple(zip(flat[0::2], flat[1::2], strict=True))
-            for token, value in bias:
-                if token < 0 or not math.isfinite(value):
-                    raise ProtocolError(
-                        ErrorCode.MALFORMED, f"logit_bias: bad entry (token {token}, bias {value})"
-                    )
-        resumed: tuple[int, ...] = ()
-        if flags & RESUMED_SET:
-            k = r.count(r.u32("resumed count"), 4, "resumed")
-            resumed = r.unpack(struct.Struct(f">{k}i"), "resumed")
-            if any(t < 0 for t in resumed):
-                raise ProtocolError(ErrorCode.MALFORMED, "resumed: negative token id")
-        return cls(
-            temperature,
-            top_p,
-            top_k,
-            seed if flags & SEED_SET else None,
-            max_tokens,
-            top_logprobs,
-            stops,
-            presence,
-            frequency,
-            bias,
-            resumed,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class RequestContext:
     """What every message of one inference request carries.
 
@@ -157,14 +42,14 @@ class RequestContext:
         origin: node id of the API node that owns the request (tokens go back there).
         model_id: the model being served.
         plan: ordered stages; the ring runs them in order.
-        sampling: sampling parameters (used by the last stage).
+        sampling: how the last stage samples (the request's parameters and what this plan run adds).
     """
 
     request_id: str
     origin: str
     model_id: str
     plan: tuple[Stage, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
+    sampling: Sampling = field(default_factory=Sampling)
 
     def write(self, w: Writer) -> None:
         try:
@@ -218,7 +103,7 @@ class RequestContext:
             if first > last:
                 raise ProtocolError(ErrorCode.MALFORMED, f"plan: first_layer {first} > last_layer {last}")
             plan.append(Stage(node, first, last))
-        return cls(request_id, origin, model_id, tuple(plan), SamplingParams.read(r))
+        return cls(request_id, origin, model_id, tuple(plan), Sampling.read(r))
 
 
 #: Bounded caches of recently encoded / decoded request contexts (oldest entry evicted first).
@@ -244,17 +129,7 @@ def _ctx_end(mv: memoryview, pos: int) -> int:
         pos += 1
         for _ in range(stages):
             pos += 1 + mv[pos] + _STAGE.size
-        pos += _SAMPLING.size
-        if pos > len(mv):
-            return -1
-        flags = mv[pos - _SAMPLING.size + _SAMPLING_FLAGS_AT]
-        pos += 4 * ((mv[pos - 2] << 8) | mv[pos - 1])  # stop_token_ids
-        if flags & PENALTIES_SET:
-            pos += _PENALTIES.size
-        if flags & LOGIT_BIAS_SET:
-            pos += 2 + 8 * ((mv[pos] << 8) | mv[pos + 1])
-        if flags & RESUMED_SET:
-            pos += 4 + 4 * int.from_bytes(mv[pos : pos + 4], "big")
+        pos = skip_sampling(mv, pos)
     except IndexError:
         return -1
     return pos if pos <= len(mv) else -1
@@ -323,7 +198,7 @@ class Token:
         step: decode step that produced it.
         position: sequence position of this token.
         token_id: the token.
-        logprob: its log-probability.
+        logprob: its log-probability (NaN when the request did not ask for logprobs: none was computed).
         top_logprobs: the ``sampling.top_logprobs`` best ``(token_id, logprob)`` pairs.
         finished: generation ended with this token (``finish_reason`` says why: "stop", "length").
     """

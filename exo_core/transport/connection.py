@@ -2,14 +2,15 @@
 
 I/O only: the handshake (:mod:`.handshake`) and message dispatch (:mod:`.tcp`) sit on top.
 
-Writes: a small frame is written straight from the caller when nothing is queued (no task switch); the
-rest waits in an ordered queue of buffers that the connection's writer task flushes with ``sendmsg``. A
-large message is cut into ``FRAGMENT`` frames that the writer queues one at a time, only when the queue is
-empty, so a small frame (a ``PONG``) waits for at most one fragment, never for the whole tensor.
+Writes (:mod:`.writer`): a small frame is written straight from the caller when nothing is queued (no task
+switch); the rest waits in an ordered queue of buffers that the connection's writer task flushes with
+``sendmsg``. A large message is cut into ``FRAGMENT`` frames that the writer queues one at a time, only when
+the queue is empty, so a small frame (a ``PONG``) waits for at most one fragment, never for the whole tensor.
 
 Reads: ``recv_into`` the parser's buffer (a large payload is read straight into its final buffer). Waits are
-bounded: ``idle_timeout`` between frames (keepalive PINGs make silence mean death), and inside a frame a
-slow-sender deadline of ``frame_timeout`` plus ``1 / min_transfer_rate`` seconds per byte received.
+bounded (:mod:`.deadlines`): ``idle_timeout`` between frames (keepalive PINGs make silence mean death), and
+inside a frame a slow-sender deadline of ``frame_timeout`` plus ``1 / min_transfer_rate`` seconds per byte
+received.
 
 Backpressure: what waits to be written is bounded by ``max_write_backlog``. A peer whose requests (PINGs,
 anything answered) produce replies faster than it reads them would otherwise grow the queue without end:
@@ -20,30 +21,26 @@ closes the connection (with a log line) when it stays over the bound for ``write
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import socket
 import sys
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 import anyio
 from anyio import CancelScope
 
-from exo_core.protocol.codec import Encoded, encode_bytes
-from exo_core.protocol.control import Ping
+from exo_core.protocol.codec import Encoded
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import HANDSHAKE_MAX_FRAME, Buffer, Fragmenter, Frame, FrameParser
+from exo_core.protocol.frame import HANDSHAKE_MAX_FRAME, Buffer, Frame, FrameParser
+from exo_core.transport.deadlines import ReadDeadlines
 from exo_core.transport.errors import ConnectionClosedError
-from exo_core.transport.pacing import FragmentPacer
 from exo_core.transport.settings import TransportSettings
+from exo_core.transport.writer import FrameWriter
 
 log = logging.getLogger("exo_core.transport")
 
-_IOV_MAX = 512
-_KEEPALIVE = encode_bytes(Ping(0))
 #: recv calls and bytes per readiness callback: bound how long one busy connection holds the event loop.
 _READS_PER_WAKE = 16
 _BYTES_PER_WAKE = 4 << 20
@@ -55,16 +52,6 @@ _FRAMES_PER_WAKE = 1024
 _LOWAT = 4 << 20
 _LOWAT_MIN = 64 << 10
 _USE_LOWAT = sys.platform == "linux" and hasattr(socket, "SO_RCVLOWAT")
-#: What one queued buffer costs beyond its bytes (the memoryview and the object it views): counted in the
-#: write backlog, so that a flood of tiny replies is bounded by the memory it really takes.
-_BUFFER_OVERHEAD = 256
-
-
-@dataclass(eq=False)
-class _Bulk:
-    frags: Fragmenter
-    done: anyio.Event = field(default_factory=anyio.Event)
-    queued_last: bool = False
 
 
 def clock() -> Callable[[], float]:
@@ -104,32 +91,17 @@ class Connection:
         self.error: str | None = None
         self.scope: CancelScope | None = None
         self._frames: deque[Frame] = deque()
-        self._inflight: deque[memoryview] = deque()
-        #: bytes in ``_inflight`` plus ``_BUFFER_OVERHEAD`` per buffer (see :attr:`backlog`)
-        self._backlog = 0
-        #: when reading stopped because the backlog went over ``max_write_backlog`` (None: reading)
-        self._paused_at: float | None = None
+        self._clock = clock()
+        self._writer = FrameWriter(sock, settings, self._clock)
+        self._deadlines = ReadDeadlines(settings, self._clock)
         self._resumed = anyio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._bulk: deque[_Bulk] = deque()
-        self._finishing: list[_Bulk] = []
-        self._wake = anyio.Event()
-        self._drained = anyio.Event()
-        self._stream_ids = itertools.count(1)
-        self._pacer = FragmentPacer(settings.fragment_size, settings.max_fragment_size)
-        self._clock = clock()
-        now = self._clock()
-        self._last_recv = now
-        self._last_send = now
-        self._frame_start: float | None = None
-        self._frame_bytes = 0
-        self._close_deadline: float | None = None
         self._deliver: Callable[[Frame], None] | None = None
         self._read_error: Exception | None = None
         self._pumping = anyio.Event()
         self._lowat = 1
 
-    # ---- writing -------------------------------------------------------------------------------------
+    # ---- writing (the mechanism is :class:`~.writer.FrameWriter`) ----------------------------------------
 
     def send_nowait(self, parts: list[Buffer] | bytes) -> None:
         """Queue a small frame (written at once when nothing is queued). Never blocks.
@@ -139,31 +111,11 @@ class Connection:
         """
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.label} is closed ({self.error or 'closed'})")
-        if isinstance(parts, bytes | bytearray):
-            parts = [parts]
-        if self._inflight:  # keep the order: behind what is queued
-            self._queue(parts)
-            self._wake.set()
-            return
         try:
-            n = self.sock.sendmsg(parts)
-        except (BlockingIOError, InterruptedError):
-            n = 0
+            self._writer.write(parts)
         except OSError as exc:
             self.fail(f"write failed: {exc}")
             raise ConnectionClosedError(f"connection to {self.label} broke: {exc}") from exc
-        else:
-            self._last_send = self._clock()
-        for p in parts:  # whatever the OS did not take waits for the writer task
-            view = memoryview(p).cast("B")
-            if n >= len(view):
-                n -= len(view)
-                continue
-            self._inflight.append(view[n:])
-            self._backlog += len(view) - n + _BUFFER_OVERHEAD
-            n = 0
-        if self._inflight:
-            self._wake.set()
 
     async def send(self, encoded: Encoded) -> None:
         """Send a message, fragmenting it when larger than ``fragment_size``; returns once written to the OS.
@@ -180,58 +132,33 @@ class Connection:
         """Send one payload as ``FRAGMENT`` frames, interleaved with other traffic."""
         if self.closed:
             raise ConnectionClosedError(f"connection to {self.label} is closed ({self.error or 'closed'})")
-        bulk = _Bulk(Fragmenter(frame_type, payload, next(self._stream_ids)))
-        self._bulk.append(bulk)
-        self._wake.set()
-        await bulk.done.wait()
-        if self.closed and not bulk.queued_last:
+        queued_last = await self._writer.write_fragmented(frame_type, payload)
+        if self.closed and not queued_last:
             raise ConnectionClosedError(f"connection to {self.label} closed while sending ({self.error})")
-
-    def _queue(self, parts: list[Buffer]) -> None:
-        for p in parts:
-            view = memoryview(p).cast("B")
-            self._inflight.append(view)
-            self._backlog += len(view) + _BUFFER_OVERHEAD
 
     @property
     def backlog(self) -> int:
         """Bytes queued for writing, each queued buffer counted with its bookkeeping (256 bytes more)."""
-        return self._backlog
+        return self._writer.backlog
 
     @property
     def reading_paused(self) -> bool:
         """Reading stopped because the peer does not read what we queued for it (backpressure)."""
-        return self._paused_at is not None
+        return self._deadlines.paused_at is not None
 
-    def _flush_some(self) -> None:
-        inflight = self._inflight
-        while inflight:
-            try:
-                n = self.sock.sendmsg(list(itertools.islice(inflight, _IOV_MAX)))
-            except (BlockingIOError, InterruptedError):
-                break
-            self._last_send = self._clock()
-            while n:
-                head = inflight[0]
-                if len(head) <= n:
-                    n -= len(head)
-                    self._backlog -= len(head) + _BUFFER_OVERHEAD
-                    inflight.popleft()
-                else:
-                    inflight[0] = head[n:]
-                    self._backlog -= n
-                    n = 0
-        if self._paused_at is not None and self._backlog <= self.settings.max_write_backlog // 2:
-            self._resume_reading()
+    @property
+    def idle(self) -> bool:
+        """Nothing queued for writing."""
+        return self._writer.idle
 
     async def write_loop(self) -> None:
         """The connection's writer task: flushes the queue, feeds fragments, sends keepalives."""
         try:
-            await self._write_loop()
+            await self._writer.run()
         except TimeoutError:
             reason = (
                 f"the peer read nothing for {self.settings.write_timeout:g}s "
-                f"({self._backlog} bytes queued for it)"
+                f"({self._writer.backlog} bytes queued for it)"
             )
             if not self.closed:
                 log.warning("closing connection to %s: %s", self.label, reason)
@@ -239,51 +166,13 @@ class Connection:
         except OSError as exc:
             self.fail(f"write failed: {exc}")
 
-    async def _write_loop(self) -> None:
-        s = self.settings
-        pacer = self._pacer
-        while True:
-            if self._inflight:
-                self._flush_some()
-                if self._inflight:
-                    if pacer.busy:
-                        pacer.waited()
-                    with anyio.fail_after(s.write_timeout):
-                        await anyio.wait_writable(self.sock)
-                continue
-            if pacer.busy:
-                pacer.finished(self._clock())
-            for b in self._finishing:
-                b.done.set()
-            self._finishing.clear()
-            if self._bulk:
-                bulk = self._bulk[0]
-                parts = bulk.frags.next(pacer.size)
-                if parts is None:
-                    self._bulk.popleft()
-                    bulk.queued_last = True
-                    self._finishing.append(bulk)
-                else:
-                    self._queue(parts)
-                    pacer.started(self._clock())
-                    self._bulk.rotate(-1)  # round-robin between large messages
-                continue
-            self._drained.set()
-            idle = self._clock() - self._last_send
-            with anyio.move_on_after(max(0.0, s.keepalive_interval - idle)):
-                await self._wake.wait()
-            self._wake = anyio.Event()
-            self._drained = anyio.Event()
-            if self.ready and not self._inflight and not self._bulk:
-                if self._clock() - self._last_send >= s.keepalive_interval:
-                    self._queue([_KEEPALIVE])
-
     # ---- reading -------------------------------------------------------------------------------------
 
     def handshake_done(self) -> None:
         """The handshake accepted the peer's READY: lift the handshake's frame limit and queue the frames
         that arrived behind the READY; keepalives start."""
         self.ready = True
+        self._writer.keepalives = True
         self._frames.extend(self.parser.unlock())
 
     async def read_frame(self) -> Frame:
@@ -320,13 +209,14 @@ class Connection:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): readiness waits
+            writer = self._writer
             while True:
                 while self._frames:
                     deliver(self._frames.popleft())
-                    if self._backlog > self.settings.max_write_backlog:
+                    if writer.backlog > self.settings.max_write_backlog:
                         await self._wait_backlog()
                 deliver(await self.read_frame())
-                if self._backlog > self.settings.max_write_backlog:
+                if writer.backlog > self.settings.max_write_backlog:
                     await self._wait_backlog()
         fd = self.sock.fileno()
         self._deliver = deliver
@@ -337,7 +227,7 @@ class Connection:
             loop.call_soon(self._on_readable)
         try:
             while self._read_error is None:
-                deadline, why = self._read_deadline()
+                deadline, why = self._deadlines.next(self._writer.backlog)
                 now = self._clock()
                 if now >= deadline:
                     raise TimeoutError(why)
@@ -355,27 +245,25 @@ class Connection:
     async def _wait_backlog(self) -> None:
         """Readiness-wait backends: stop reading until the backlog is back under half its bound."""
         self._pause_reading()
-        deadline, why = self._read_deadline()
+        deadline, why = self._deadlines.next(self._writer.backlog)
         with anyio.move_on_after(max(0.0, deadline - self._clock())):
             await self._resumed.wait()
-        if self._paused_at is not None:
+        if self._deadlines.paused_at is not None:
             raise TimeoutError(why)
 
     def _pause_reading(self) -> None:
-        self._paused_at = self._clock()
+        self._deadlines.pause()
         self._resumed = anyio.Event()
+        self._writer.resume_reading = self._resume_reading
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
             self._pumping.set()  # the pumping task's deadline is now the backlog's
 
     def _resume_reading(self) -> None:
-        if self._paused_at is None:
+        if self._deadlines.paused_at is None:
             return
-        paused_for = self._clock() - self._paused_at
-        self._paused_at = None
-        self._last_recv += paused_for  # we did not listen meanwhile: the peer's silence was ours
-        if self._frame_start is not None:
-            self._frame_start += paused_for
+        self._deadlines.resume()
+        self._writer.resume_reading = None
         self._resumed.set()
         if self._loop is not None and self._deliver is not None:
             self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -385,16 +273,16 @@ class Connection:
     def _on_readable(self) -> None:
         """Readiness callback of :meth:`pump`: read what is there (bounded, for fairness) and deliver it."""
         deliver = self._deliver
-        if deliver is None or self._read_error is not None or self._paused_at is not None:
+        if deliver is None or self._read_error is not None or self._deadlines.paused_at is not None:
             return
-        sock, parser, frames = self.sock, self.parser, self._frames
+        sock, parser, frames, writer = self.sock, self.parser, self._frames, self._writer
         limit = self.settings.max_write_backlog
         budget, reads, quota = _BYTES_PER_WAKE, 0, _FRAMES_PER_WAKE
         try:
             while True:
                 while frames:
                     deliver(frames.popleft())
-                    if self._backlog > limit:  # the peer does not read what it asks for: stop reading it
+                    if writer.backlog > limit:  # the peer does not read what it asks for: stop reading it
                         self._pause_reading()
                         return
                     quota -= 1
@@ -433,44 +321,17 @@ class Connection:
     def _received(self, n: int) -> None:
         """Account for ``n`` bytes read into the parser's buffer (0: the peer closed)."""
         self.bytes_in += n
+        parser = self.parser
         if n == 0:
-            if self.parser.in_frame or self.parser.in_message:
+            if parser.in_frame or parser.in_message:
                 raise ProtocolError(ErrorCode.TRUNCATED, "connection closed in the middle of a frame")
             raise ConnectionClosedError(f"{self.label} closed the connection")
-        was_in_frame = self._frame_start is not None
         now = self._clock()
-        self._last_recv = now
-        self._frames.extend(self.parser.advance(n))
-        if self.parser.in_frame:
-            if not was_in_frame:
-                self._frame_start, self._frame_bytes = now, 0
-            self._frame_bytes += n
-        else:
-            self._frame_start = None
-
-    def _read_deadline(self) -> tuple[float, str]:
-        s = self.settings
-        if self._paused_at is not None:  # we stopped reading: the peer's silence is ours
-            deadline = self._paused_at + s.write_timeout
-            why = (
-                f"the peer has not read its replies for {s.write_timeout:g}s: {self._backlog} bytes queued "
-                f"for it (max_write_backlog {s.max_write_backlog}); stopped reading from it meanwhile"
-            )
-        elif self._frame_start is not None:
-            deadline = self._frame_start + s.frame_timeout + self._frame_bytes / s.min_transfer_rate
-            why = (
-                f"slow sender: a frame is still incomplete after {self._clock() - self._frame_start:.1f}s "
-                f"({self._frame_bytes} bytes received)"
-            )
-        else:
-            deadline = self._last_recv + s.idle_timeout
-            why = f"nothing received for {s.idle_timeout:g}s (peer dead or unreachable)"
-        if self._close_deadline is not None and self._close_deadline < deadline:
-            deadline, why = self._close_deadline, "peer did not answer GOAWAY in time"
-        return deadline, why
+        self._frames.extend(parser.advance(n))
+        self._deadlines.received(now, n, parser.in_frame)
 
     async def _wait_readable(self) -> None:
-        deadline, why = self._read_deadline()
+        deadline, why = self._deadlines.next(self._writer.backlog)
         with anyio.move_on_after(max(0.0, deadline - self._clock())) as scope:
             await anyio.wait_readable(self.sock)
         if scope.cancelled_caught:
@@ -479,11 +340,11 @@ class Connection:
     @property
     def close_deadline(self) -> float | None:
         """When a draining connection (GOAWAY sent) gives up waiting for the peer's GOAWAY."""
-        return self._close_deadline
+        return self._deadlines.close_at
 
     @close_deadline.setter
     def close_deadline(self, when: float | None) -> None:
-        self._close_deadline = when
+        self._deadlines.close_at = when
         self._pumping.set()  # the pumping task recomputes its deadline
 
     # ---- closing -------------------------------------------------------------------------------------
@@ -494,8 +355,7 @@ class Connection:
             self.closed = True
             self.error = reason
         self._deliver = None
-        for b in (*self._bulk, *self._finishing):
-            b.done.set()
+        self._writer.abort()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -506,10 +366,7 @@ class Connection:
         the queued frame before the peer reads it. Must run in the task that reads this connection.
         """
         with anyio.move_on_after(within):
-            while self._inflight:
-                self._flush_some()
-                if self._inflight:
-                    await anyio.wait_writable(self.sock)
+            await self._writer.flush()
             try:
                 self.sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -523,8 +380,3 @@ class Connection:
                     await anyio.wait_readable(self.sock)
                 except OSError:
                     return
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued for writing."""
-        return not self._inflight and not self._bulk

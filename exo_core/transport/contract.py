@@ -39,7 +39,7 @@ from anyio.abc import TaskStatus
 from exo_core.protocol.binary import Value
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.envelope import DEFAULT_TTL
-from exo_core.protocol.frame import FrameType
+from exo_core.protocol.header import FrameType
 from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Handler, Incoming, PeerInfo, PeerListener, RelayHandler
 

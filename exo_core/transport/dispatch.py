@@ -27,7 +27,7 @@ from exo_core.protocol.codec import CONNECTION_TYPES, Encoded, RoutedMessage, de
 from exo_core.protocol.control import Error, Ping, Pong
 from exo_core.protocol.envelope import Envelope
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import Frame, FrameType
+from exo_core.protocol.header import Frame, FrameType
 from exo_core.transport.errors import PeerUnavailableError, RemoteError, RequestTimeoutError
 from exo_core.transport.types import Handler, Incoming, PeerInfo, RelayHandler
 from exo_core.transport.workers import TaskPool

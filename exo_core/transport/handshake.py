@@ -28,7 +28,7 @@ from exo_core.protocol.control import (
     Ready,
 )
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import HEADER_SIZE, FrameType
+from exo_core.protocol.header import HEADER_SIZE, FrameType
 from exo_core.transport.connection import Connection
 from exo_core.transport.errors import HandshakeError
 from exo_core.transport.types import PeerInfo

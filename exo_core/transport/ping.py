@@ -25,7 +25,7 @@ from exo_core.protocol.codec import decode, encode
 from exo_core.protocol.control import Ping, Pong
 from exo_core.protocol.envelope import Envelope
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import FrameType
+from exo_core.protocol.header import FrameType
 from exo_core.transport.connection import Connection
 from exo_core.transport.errors import ConnectionClosedError, HandshakeError
 from exo_core.transport.handshake import LocalIdentity, handshake

@@ -24,8 +24,6 @@ import asyncio
 import functools
 import logging
 import secrets
-import socket
-import time
 from collections.abc import Callable
 
 import anyio
@@ -36,11 +34,9 @@ from exo_core import __version__
 from exo_core.components import ComponentContext
 from exo_core.protocol.binary import Value
 from exo_core.protocol.codec import Encoded, RoutedMessage, encode
-from exo_core.protocol.control import Error
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
 from exo_core.protocol.errors import ErrorCode, ProtocolError
-from exo_core.protocol.frame import Frame, FrameType, frame_header
-from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
+from exo_core.protocol.header import Frame, FrameType, frame_header
 from exo_core.transport.connection import Connection
 from exo_core.transport.dialer import Dialer
 from exo_core.transport.dispatch import Dispatcher, LinkOps
@@ -51,8 +47,9 @@ from exo_core.transport.errors import (
 )
 from exo_core.transport.handshake import LocalIdentity, handshake
 from exo_core.transport.links import Link, PeerTable
+from exo_core.transport.listener import Listener, bind
 from exo_core.transport.settings import TransportSettings
-from exo_core.transport.sock import format_address, is_loopback, listen, tune
+from exo_core.transport.sock import format_address, is_loopback
 from exo_core.transport.ssh.route import SshRoute
 from exo_core.transport.types import Handler, Incoming, PeerEvent, PeerInfo, PeerListener, RelayHandler
 
@@ -116,10 +113,7 @@ class TcpTransport:
         #: connections past the handshake (the ``max_connections`` slots)
         self._established = 0
         #: inbound connections still in the handshake, in a budget of their own
-        self._handshaking = HandshakeBudget(
-            self.settings.max_handshakes, self.settings.max_handshakes_per_address
-        )
-        self._evict_log = RateLimitedLog(10.0, time.monotonic)
+        self._listener = Listener(self.settings, self._accept, self._task_group)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -195,15 +189,7 @@ class TcpTransport:
 
     async def run(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``started()`` is called once the listener is bound."""
-        try:
-            socks = listen(self.host, self._requested_port)
-        except OSError as exc:
-            where = format_address(self.host or "0.0.0.0", self._requested_port)
-            raise OSError(
-                exc.errno,
-                f"cannot listen for peers on {where}: {exc.strerror or exc}; "
-                "pick another port with --node-port (or stop the other exo node using it)",
-            ) from exc
+        socks = bind(self.host, self._requested_port)
         self._port = socks[0].getsockname()[1]
         where = format_address(self.host or "0.0.0.0", self._port)
         if self._key is None and not is_loopback(self.host):
@@ -221,7 +207,7 @@ class TcpTransport:
                 except RuntimeError:  # not asyncio
                     self._loop = None
                 for s in socks:
-                    tg.start_soon(self._accept_loop, s)
+                    tg.start_soon(self._listener.accept_loop, s)
                 task_status.started()
         finally:
             self._tg = None
@@ -233,50 +219,8 @@ class TcpTransport:
             raise RuntimeError("the transport is not running: start it with `await tg.start(transport.run)`")
         return self._tg
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        while True:
-            await anyio.wait_readable(lsock)
-            try:
-                sock, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("accept failed: %s", exc)
-                await anyio.sleep(0.1)
-                continue
-            host = str(addr[0])
-            tune(sock)
-            conn = Connection(sock, self.settings, dialed=False, remote=format_address(host, int(addr[1])))
-            victim = self._handshaking.admit(conn, host)
-            if victim is not None:
-                self._evict(victim, conn, host)
-            self._task_group().start_soon(self._serve, conn, 0, None)
-
-    def _evict(self, victim: Connection, newcomer: Connection, host: str) -> None:
-        """Close ``victim`` (in the handshake) to make room for ``newcomer``, telling it why."""
-        budget = self._handshaking
-        why = "too many connections are in the handshake with this node; yours waited longest: retry"
-        try:
-            victim.send_nowait(encode(Error(ErrorCode.UNAVAILABLE, why)).parts)
-        except ConnectionClosedError:
-            pass
-        victim.fail("closed to make room for a newer connection in the handshake")
-
-        def emit(suppressed: int) -> None:
-            log.warning(
-                "too many connections in the handshake (%d, at most %d; %d from %s, at most %d each): "
-                "closed the oldest waiting one, from %s, to admit %s%s",
-                len(budget),
-                budget.total,
-                budget.count(host),
-                host,
-                budget.per_address,
-                victim.remote,
-                newcomer.remote,
-                f" ({suppressed} more such closures since the last message)" if suppressed else "",
-            )
-
-        self._evict_log(emit)
+    async def _accept(self, conn: Connection) -> None:
+        await self._serve(conn, 0, None)
 
     def _admit(self, info: PeerInfo) -> str | None:
         """Before READY: take one of the ``max_connections`` slots, or say why there is none."""
@@ -334,7 +278,7 @@ class TcpTransport:
                     await conn.close_gracefully()
                     tg.cancel_scope.cancel()
                     return
-                self._handshaking.release(conn)
+                self._listener.release(conn)
                 conn.label = f"{info.node_id} ({conn.remote})"
                 link = Link(conn, info)
                 if not info.tool:
@@ -348,7 +292,7 @@ class TcpTransport:
         finally:
             self._connections -= 1
             self._conns.discard(conn)
-            self._handshaking.release(conn)
+            self._listener.release(conn)
             if slot:
                 self._established -= 1
             conn.closed = True

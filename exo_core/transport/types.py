@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from exo_core.protocol.binary import Value
+from exo_core.protocol.buffers import Buffer
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.envelope import Envelope
-from exo_core.protocol.frame import Buffer, FrameType
+from exo_core.protocol.header import FrameType
 
 
 @dataclass(frozen=True)

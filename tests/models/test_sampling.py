@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from exo_core.models.sampling import (
-    SamplingParams,
     adjust_logits,
     make_rng,
     sample,
@@ -16,6 +15,7 @@ from exo_core.models.sampling import (
     token_logprob,
     top_logprobs,
 )
+from exo_core.params import SamplingParams
 
 LOGITS = np.array([1.0, 3.0, 2.5, -1.0, 3.0, 0.0], dtype=np.float32)
 
@@ -62,7 +62,11 @@ def test_invalid_settings() -> None:
     with pytest.raises(ValueError, match="rng"):
         sample(LOGITS, temperature=1.0)
     with pytest.raises(ValueError, match="top_p"):
-        SamplingParams(top_p=0.0)
+        SamplingParams(top_p=1.5)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        SamplingParams(top_logprobs=2)  # without logprobs
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplingParams(logit_bias=((-1, 1.0),))
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="empty"):

@@ -197,7 +197,7 @@ async def test_a_node_vanishing_mid_request_fails_over_and_the_stream_goes_on(
             if n == 4:
                 c.kill("c")
 
-        with anyio.fail_after(60), caplog.at_level(logging.WARNING, "exo_core.orchestration.backend"):
+        with anyio.fail_after(60), caplog.at_level(logging.WARNING, "exo_core.orchestration.failover"):
             tokens = await generate(a, PROMPTS[2], on_token=kill_c_after_four)
         assert tokens == reference[PROMPTS[2]]  # no token lost, repeated or changed by the replay
         events = list(a.backend.recent_events)

@@ -9,15 +9,17 @@ import anyio
 import numpy as np
 import pytest
 
+from exo_core.orchestration import stages
 from exo_core.orchestration.catalog import Catalog
 from exo_core.orchestration.stages import StageRunner
+from exo_core.params import SamplingParams
 from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.inference import (
     Finish,
     Progress,
     Prompt,
     RequestContext,
-    SamplingParams,
+    Sampling,
     Stage,
     TensorMessage,
     Token,
@@ -50,7 +52,7 @@ class Shards:
         self.engine.caches.pop(request_id, None)
 
 
-CTX = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), SamplingParams())
+CTX = RequestContext("r1", "a", "m", (Stage("a", 0, 0), Stage("b", 1, 1)), Sampling())
 
 
 def _runner(shards: Shards) -> tuple[StageRunner, list[tuple[str, RoutedMessage]]]:
@@ -90,7 +92,7 @@ async def test_a_step_arriving_after_finish_is_dropped_quietly(caplog: pytest.Lo
         with caplog.at_level(logging.DEBUG, "exo_core.orchestration.stages"):
             await runner.on_token(Token(ctx, 0, 3, 42))
             # a late hidden state for a node's later stage (the ring b -> a of another plan of r1)
-            later = RequestContext("r1", "b", "m", (Stage("b", 0, 0), Stage("a", 1, 1)), SamplingParams())
+            later = RequestContext("r1", "b", "m", (Stage("b", 0, 0), Stage("a", 1, 1)), Sampling())
             await runner.on_tensor(TensorMessage(later, 0, 3, Tensor.from_numpy(np.zeros(8, np.float32))))
     assert engine.caches == {} and len(sent) == 1  # no step ran, no ERROR went to the origin
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -183,3 +185,32 @@ async def test_a_request_finished_during_its_prefill_stops_at_the_next_chunk() -
     assert engine.calls == [4]  # the chunk under way ends; no later chunk starts
     assert sent == [("a", Progress("r1", 4, 10))]  # its progress, and nothing goes on
     assert engine.caches == {} and runner.in_flight() == 0
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+async def test_logprobs_are_computed_only_for_requests_that_ask(
+    monkeypatch: pytest.MonkeyPatch, logprobs: bool
+) -> None:
+    """The last stage spends a softmax over the vocabulary per token on a logprob only when the request
+    asked for it (the wire's logprobs flag); otherwise the TOKEN carries NaN."""
+    calls: list[int] = []
+    real = stages.token_logprob
+
+    def spy(logits: np.ndarray, token_id: int) -> float:
+        calls.append(token_id)
+        return real(logits, token_id)
+
+    monkeypatch.setattr(stages, "token_logprob", spy)
+    engine = Engine()
+    engine.release.set()
+    runner, sent = _runner(Shards(engine))
+    params = SamplingParams(temperature=0.0, logprobs=logprobs)
+    ctx = RequestContext("r1", "o", "m", (Stage("a", 0, 0),), Sampling(params, max_tokens=1))
+    with anyio.fail_after(5):
+        await runner.on_prompt(Prompt(ctx, (1, 2, 3)))
+    (token,) = [m for _, m in sent if isinstance(m, Token)]
+    assert token.finished and token.token_id == 0
+    if logprobs:
+        assert calls == [0] and np.isfinite(token.logprob) and token.logprob < 0  # uniform logits
+    else:
+        assert calls == [] and np.isnan(token.logprob)

@@ -27,7 +27,6 @@ from exo_core.protocol import (
     ProtocolError,
     Ready,
     RequestContext,
-    SamplingParams,
     Stage,
     Tensor,
     TensorMessage,
@@ -40,6 +39,8 @@ from exo_core.protocol import (
     fragments,
 )
 from exo_core.protocol.tensor import DTYPES
+
+from .wire_sampling import wire_sampling
 
 s8 = st.text(max_size=20)
 u8, u16, u32 = (st.integers(0, 2**n - 1) for n in (8, 16, 32))
@@ -59,9 +60,9 @@ values = st.recursive(
 )
 caps = st.dictionaries(st.text(max_size=8), values, max_size=4)
 sampling = st.builds(
-    SamplingParams,
-    f32,
-    f32,
+    wire_sampling,
+    st.floats(0.0, 65504.0, width=32),  # temperature: finite, >= 0
+    st.floats(0.0, 1.0, width=32),  # top_p
     u32,
     st.none() | st.integers(-(2**63), 2**63 - 1),
     u32,

@@ -14,14 +14,15 @@ from exo_core.protocol import (
     FrameType,
     ProtocolError,
     RequestContext,
-    SamplingParams,
     Stage,
     Tensor,
     TensorMessage,
     decode,
     encode,
 )
-from exo_core.protocol.frame import alloc
+from exo_core.protocol.buffers import alloc
+
+from .wire_sampling import wire_sampling
 
 PLAN = (Stage("a", 0, 14), Stage("b", 15, 29))
 
@@ -32,7 +33,7 @@ def _payload(ctx: RequestContext) -> bytearray:
 
 
 def test_repeated_context_decodes_to_the_same_value() -> None:
-    ctx = RequestContext("r1", "a", "m", PLAN, SamplingParams(0.5, 0.75, 40, 7, 100, 2, (1, 2, 3)))
+    ctx = RequestContext("r1", "a", "m", PLAN, wire_sampling(0.5, 0.75, 40, 7, 100, 2, (1, 2, 3)))
     first = decode(FrameType.TENSOR, _payload(ctx))[1]
     second = decode(FrameType.TENSOR, _payload(ctx))[1]
     assert isinstance(first, TensorMessage) and isinstance(second, TensorMessage)
@@ -46,8 +47,8 @@ def test_contexts_differing_in_one_field_are_not_confused() -> None:
         base,
         RequestContext("r2", "a", "m", PLAN),
         RequestContext("r1", "a", "m", (Stage("a", 0, 13), Stage("b", 14, 29))),
-        RequestContext("r1", "a", "m", PLAN, SamplingParams(max_tokens=5)),
-        RequestContext("r1", "a", "m", PLAN, SamplingParams(stop_token_ids=(2,))),
+        RequestContext("r1", "a", "m", PLAN, wire_sampling(max_tokens=5)),
+        RequestContext("r1", "a", "m", PLAN, wire_sampling(stop_token_ids=(2,))),
     ]
     for _ in range(2):  # second pass: every context is cached
         for ctx in variants:

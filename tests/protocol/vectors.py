@@ -22,7 +22,6 @@ from exo_core.protocol import (
     Prompt,
     Ready,
     RequestContext,
-    SamplingParams,
     Stage,
     Tensor,
     TensorMessage,
@@ -30,12 +29,14 @@ from exo_core.protocol import (
     Topology,
 )
 
+from .wire_sampling import wire_sampling
+
 CTX = RequestContext(
     "r1",
     "api",
     "smollm2-135m",
     (Stage("n1", 0, 14), Stage("n2", 15, 29)),
-    SamplingParams(
+    wire_sampling(
         temperature=0.5, top_p=0.75, top_k=40, seed=42, max_tokens=128, top_logprobs=1, stop_token_ids=(2,)
     ),
 )
@@ -46,7 +47,7 @@ CTX_PENALTIES = RequestContext(
     "api",
     "smollm2-135m",
     (Stage("n1", 0, 29),),
-    SamplingParams(
+    wire_sampling(
         temperature=0.0,
         max_tokens=16,
         stop_token_ids=(2,),
@@ -61,7 +62,15 @@ CTX_RESUMED = RequestContext(
     "api",
     "smollm2-135m",
     (Stage("n1", 0, 29),),
-    SamplingParams(temperature=0.5, seed=42, max_tokens=14, stop_token_ids=(2,), resumed=(17, 42)),
+    wire_sampling(temperature=0.5, seed=42, max_tokens=14, stop_token_ids=(2,), resumed=(17, 42)),
+)
+#: a request that asks for the sampled token's logprob and no alternatives (flag 0x10)
+CTX_LOGPROBS = RequestContext(
+    "r4",
+    "api",
+    "smollm2-135m",
+    (Stage("n1", 0, 29),),
+    wire_sampling(temperature=0.0, max_tokens=4, stop_token_ids=(2,), logprobs=True),
 )
 
 VECTORS: dict[str, tuple[Message, Envelope | None]] = {
@@ -89,6 +98,7 @@ VECTORS: dict[str, tuple[Message, Envelope | None]] = {
     "prompt": (Prompt(CTX, (1, 9690, 2), position=0), REQ),
     "prompt_penalties": (Prompt(CTX_PENALTIES, (1, 9690), position=0), REQ),
     "prompt_resumed": (Prompt(CTX_RESUMED, (1, 9690, 17, 42), position=0), REQ),
+    "prompt_logprobs": (Prompt(CTX_LOGPROBS, (1, 9690), position=0), REQ),
     "tensor": (
         TensorMessage(CTX, 3, 17, Tensor("float32", (1, 2), bytes.fromhex("0000803f00000040"), "<")),
         Envelope("n1", "n2", ttl=8),

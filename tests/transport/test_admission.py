@@ -43,7 +43,8 @@ async def test_700_idle_connections_do_not_lock_out_pings(caplog: pytest.LogCapt
                 with anyio.fail_after(30):
                     assert (await attacker.stdout.receive()).strip() == b"ready"
                 share = b.settings.max_handshakes_per_address
-                await wait_until(lambda: b._handshaking.count("127.0.0.1") == share, what="a full share")
+                budget = b._listener.handshaking
+                await wait_until(lambda: budget.count("127.0.0.1") == share, what="a full share")
                 # what the node holds of the 700: its share for one source address, the rest closed
                 await wait_until(lambda: accepted_sockets(b.port) == share, what="closures to settle")
                 results = []

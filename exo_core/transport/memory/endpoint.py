@@ -20,7 +20,8 @@ from anyio.abc import TaskGroup
 from exo_core.protocol.codec import Encoded, RoutedMessage, encode
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
 from exo_core.protocol.errors import ProtocolError
-from exo_core.protocol.frame import FrameParser, FrameType, frame_header
+from exo_core.protocol.frame import FrameParser
+from exo_core.protocol.header import FrameType, frame_header
 from exo_core.transport.dispatch import Dispatcher, LinkOps
 from exo_core.transport.errors import PeerUnavailableError
 from exo_core.transport.memory.links import End
