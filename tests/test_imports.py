@@ -12,17 +12,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
-
-#: Modules over MAX_LINES when this test was written, at the size they had then: they may shrink (then
-#: lower or drop their entry), never grow. Split one by concept to take it off the list (issue #15).
-OVER_THE_LIMIT: dict[str, int] = {
-    # split by concept (issue #15): dialing (dialer.py), dispatch (dispatch.py) are out; listener next
-    "exo_core/transport/tcp.py": 472,
-}
 
 
 def _source_roots() -> list[tuple[Path, Path]]:
@@ -194,13 +185,5 @@ def _sizes() -> dict[str, int]:
 
 def test_no_module_over_the_limit() -> None:
     sizes = _sizes()
-    over = {path: n for path, n in sorted(sizes.items()) if n > MAX_LINES and path not in OVER_THE_LIMIT}
+    over = {path: n for path, n in sorted(sizes.items()) if n > MAX_LINES}
     assert over == {}, f"modules over {MAX_LINES} lines: split them by concept"
-
-
-@pytest.mark.parametrize("path", sorted(OVER_THE_LIMIT))
-def test_listed_modules_only_shrink(path: str) -> None:
-    size = _sizes().get(path)
-    assert size is not None, f"{path} is gone: drop it from OVER_THE_LIMIT"
-    assert size <= OVER_THE_LIMIT[path], f"{path} grew from {OVER_THE_LIMIT[path]} to {size} lines"
-    assert size > MAX_LINES, f"{path} is down to {size} lines: drop it from OVER_THE_LIMIT"

@@ -21,7 +21,6 @@ tensor. When a peer's last connection closes, its pending requests fail at once 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -35,19 +34,19 @@ from exo_core.components import ComponentContext
 from exo_core.protocol.binary import Value
 from exo_core.protocol.codec import Encoded, RoutedMessage, encode
 from exo_core.protocol.envelope import DEFAULT_TTL, Envelope, decrement_ttl
-from exo_core.protocol.errors import ErrorCode, ProtocolError
+from exo_core.protocol.errors import ProtocolError
 from exo_core.protocol.header import Frame, FrameType, frame_header
 from exo_core.transport.connection import Connection
 from exo_core.transport.dialer import Dialer
 from exo_core.transport.dispatch import Dispatcher, LinkOps
 from exo_core.transport.errors import (
     ConnectionClosedError,
-    HandshakeError,
     PeerUnavailableError,
 )
-from exo_core.transport.handshake import LocalIdentity, handshake
+from exo_core.transport.handshake import LocalIdentity
 from exo_core.transport.links import Link, PeerTable
 from exo_core.transport.listener import Listener, bind
+from exo_core.transport.session import Sessions
 from exo_core.transport.settings import TransportSettings
 from exo_core.transport.sock import format_address, is_loopback
 from exo_core.transport.ssh.route import SshRoute
@@ -105,15 +104,18 @@ class TcpTransport:
         self._dispatcher = Dispatcher(
             node_id, LinkOps(_peer, _label, _send_now, self._reply), self._task_group, log
         )
-        self._dialer = Dialer(self.settings, self._serve, self._task_group, self._table)
         self._tg: TaskGroup | None = None
-        self._connections = 0
-        #: every open connection (both directions, in the handshake or not), for introspection
-        self._conns: set[Connection] = set()
-        #: connections past the handshake (the ``max_connections`` slots)
-        self._established = 0
         #: inbound connections still in the handshake, in a budget of their own
         self._listener = Listener(self.settings, self._accept, self._task_group)
+        self._sessions = Sessions(
+            self.settings,
+            self._identity,
+            self._table,
+            self._listener.release,
+            self._dispatch,
+            self._dispatcher.send_error,
+        )
+        self._dialer = Dialer(self.settings, self._sessions.serve, self._task_group, self._table)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -220,17 +222,16 @@ class TcpTransport:
         return self._tg
 
     async def _accept(self, conn: Connection) -> None:
-        await self._serve(conn, 0, None)
+        await self._sessions.serve(conn, 0, None)
 
-    def _admit(self, info: PeerInfo) -> str | None:
-        """Before READY: take one of the ``max_connections`` slots, or say why there is none."""
-        if self._established >= self.settings.max_connections:  # logged with the handshake's failure
-            return (
-                f"this node has its maximum of {self.settings.max_connections} connections open "
-                "(--transport-max-connections); retry later"
-            )
-        self._established += 1
-        return None
+    @property
+    def _connections(self) -> int:
+        """Connections being served now (for tests and introspection)."""
+        return self._sessions.count
+
+    @property
+    def _conns(self) -> set[Connection]:
+        return self._sessions.open
 
     def _identity(self) -> LocalIdentity:
         return LocalIdentity(
@@ -241,94 +242,6 @@ class TcpTransport:
             capabilities=self.capabilities,
             key=self._key,
         )
-
-    async def _serve(
-        self, conn: Connection, conn_seq: int, ready: Callable[[Link | BaseException], None] | None
-    ) -> None:
-        self._connections += 1
-        self._conns.add(conn)
-        link: Link | None = None
-        slot = False  # holds one of the max_connections slots
-
-        def admit(info: PeerInfo) -> str | None:
-            nonlocal slot
-            refusal = self._admit(info)
-            slot = refusal is None
-            return refusal
-
-        try:
-            if conn.closed:  # made room for a newer connection before it even started
-                return
-            async with anyio.create_task_group() as tg:
-                conn.scope = tg.cancel_scope
-                tg.start_soon(conn.write_loop)
-                try:
-                    info = await handshake(
-                        conn,
-                        self._identity(),
-                        conn_seq=conn_seq,
-                        within=self.settings.handshake_timeout,
-                        admit=admit,
-                    )
-                except (HandshakeError, ConnectionClosedError) as exc:
-                    self._log_handshake_failure(conn, exc)
-                    if ready is not None:
-                        ready(exc)
-                        ready = None
-                    await conn.close_gracefully()
-                    tg.cancel_scope.cancel()
-                    return
-                self._listener.release(conn)
-                conn.label = f"{info.node_id} ({conn.remote})"
-                link = Link(conn, info)
-                if not info.tool:
-                    self._table.add(link)
-                if ready is not None:
-                    ready(link)
-                    ready = None
-                reason = await self._read_loop(link)
-                self._table.remove(link, reason)
-                tg.cancel_scope.cancel()
-        finally:
-            self._connections -= 1
-            self._conns.discard(conn)
-            self._listener.release(conn)
-            if slot:
-                self._established -= 1
-            conn.closed = True
-            conn.sock.close()
-            if link is not None:
-                self._table.remove(link, conn.error or "connection closed")
-                link.done.set()
-            if ready is not None:
-                ready(ConnectionClosedError(f"connection to {conn.remote} closed during the handshake"))
-
-    def _log_handshake_failure(self, conn: Connection, exc: Exception) -> None:
-        if isinstance(exc, HandshakeError) and exc.code == ErrorCode.SELF_CONNECTION:
-            log.info("%s", exc)
-        elif conn.dialed:  # the dialer's caller reports it (the keep loop logs it once, dial() raises it)
-            log.debug("could not connect to %s: %s", conn.remote, exc)
-        elif isinstance(exc, ConnectionClosedError) and conn.bytes_in == 0:
-            # a port probe (nc -z, a load balancer's health check): no reason to warn anyone
-            log.info("connection from %s closed before sending anything (a port probe?)", conn.remote)
-        else:
-            log.warning("rejected connection from %s: %s", conn.remote, exc)
-
-    async def _read_loop(self, link: Link) -> str:
-        conn = link.conn
-        try:
-            await conn.pump(functools.partial(self._dispatch, link))
-        except ProtocolError as exc:
-            log.warning("closing connection to %s: %s", conn.label, exc)
-            self._dispatcher.send_error(link, Envelope(self.node_id), exc.code, exc.message)
-            await conn.close_gracefully()
-            return str(exc)
-        except TimeoutError as exc:
-            log.warning("closing connection to %s: %s", conn.label, exc)
-            return str(exc)
-        except ConnectionClosedError as exc:
-            log.info("%s", exc)
-            return str(exc)
 
     # ---- incoming ------------------------------------------------------------------------------------
 
