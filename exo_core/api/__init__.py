@@ -22,7 +22,7 @@ from exo_core.api.backend import (
     Progress,
     Started,
     TokenEvent,
-    Topology,
+    TopologyReport,
 )
 from exo_core.api.server import serve_api
 from exo_core.params import SamplingParams
@@ -38,7 +38,7 @@ __all__ = [
     "SamplingParams",
     "Started",
     "TokenEvent",
-    "Topology",
+    "TopologyReport",
     "create_app",
     "serve_api",
 ]

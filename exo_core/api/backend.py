@@ -152,7 +152,7 @@ class TopologyPlan(TypedDict, total=False):
     shards: list[TopologyShard]
 
 
-class Topology(TypedDict, total=False):
+class TopologyReport(TypedDict, total=False):
     """The JSON of ``GET /v1/topology`` (what :meth:`ChatBackend.topology` returns).
 
     ``connections`` lists each directly connected node pair once, as ``{"a": id1, "b": id2}``.
@@ -210,7 +210,7 @@ class ChatBackend(Protocol):
         ...
 
     def topology(self) -> dict[str, Any]:
-        """The cluster as this node sees it, JSON-able, in the shape of :class:`Topology`."""
+        """The cluster as this node sees it, JSON-able, in the shape of :class:`TopologyReport`."""
         ...
 
     def health(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from exo_core.api.backend import ModelInfo, TokenEvent
 
 
 @dataclass(frozen=True)
-class Envelope:
+class ResponseMeta:
     """The fields every object of one response shares."""
 
     id: str
@@ -43,7 +43,7 @@ def chat_logprobs(tokens: Sequence[TokenEvent]) -> dict[str, Any]:
 
 
 def chat_chunk(
-    env: Envelope,
+    env: ResponseMeta,
     delta: dict[str, Any],
     *,
     finish_reason: str | None = None,
@@ -59,7 +59,7 @@ def chat_chunk(
     return chunk
 
 
-def usage_chunk(env: Envelope, obj: str, usage: dict[str, int]) -> dict[str, Any]:
+def usage_chunk(env: ResponseMeta, obj: str, usage: dict[str, int]) -> dict[str, Any]:
     """The last chunk when ``stream_options.include_usage``: no choices, only ``usage``."""
     chunk = env.base(obj)
     if obj == "chat.completion.chunk":
@@ -70,7 +70,7 @@ def usage_chunk(env: Envelope, obj: str, usage: dict[str, int]) -> dict[str, Any
 
 
 def chat_completion(
-    env: Envelope, text: str, finish_reason: str, usage: dict[str, int], logprobs: dict[str, Any] | None
+    env: ResponseMeta, text: str, finish_reason: str, usage: dict[str, int], logprobs: dict[str, Any] | None
 ) -> dict[str, Any]:
     """A non-streamed ``chat.completion``."""
     body = env.base("chat.completion")
@@ -114,7 +114,7 @@ class CompletionLogprobs:
 
 
 def text_completion(
-    env: Envelope,
+    env: ResponseMeta,
     text: str,
     *,
     finish_reason: str | None,

@@ -21,7 +21,7 @@ from exo_core.api import formats
 from exo_core.api.admission import Admission
 from exo_core.api.backend import ChatBackend
 from exo_core.api.errors import APIError
-from exo_core.api.formats import Envelope
+from exo_core.api.formats import ResponseMeta
 from exo_core.api.generation import Generation
 from exo_core.api.metrics import Metrics
 from exo_core.api.parsing import read_json_object, resolve_model, validate
@@ -99,7 +99,7 @@ class OpenAIRoutes:
         req = validate(ChatCompletionRequest, body)
         model = resolve_model(self._backend, req.model)
         request_id = uuid.uuid4().hex
-        env = Envelope(id=f"chatcmpl-{request_id}", created=int(time.time()), model=model)
+        env = ResponseMeta(id=f"chatcmpl-{request_id}", created=int(time.time()), model=model)
         gen = self._generation(request_id, model, chat=req, completion=None)
 
         async def run(writer: ResponseWriter) -> None:
@@ -125,7 +125,7 @@ class OpenAIRoutes:
         req = validate(CompletionRequest, body)
         model = resolve_model(self._backend, req.model)
         request_id = uuid.uuid4().hex
-        env = Envelope(id=f"cmpl-{request_id}", created=int(time.time()), model=model)
+        env = ResponseMeta(id=f"cmpl-{request_id}", created=int(time.time()), model=model)
         gen = self._generation(request_id, model, chat=None, completion=req)
 
         async def run(writer: ResponseWriter) -> None:
@@ -156,7 +156,7 @@ async def _stream_error(writer: ResponseWriter, request_id: str, exc: APIError) 
 
 
 async def _stream_chat(
-    writer: ResponseWriter, gen: Generation, env: Envelope, req: ChatCompletionRequest
+    writer: ResponseWriter, gen: Generation, env: ResponseMeta, req: ChatCompletionRequest
 ) -> None:
     usage_field = req.include_usage
     await writer.start_events()
@@ -184,7 +184,7 @@ async def _stream_chat(
 
 
 async def _complete_chat(
-    writer: ResponseWriter, gen: Generation, env: Envelope, req: ChatCompletionRequest
+    writer: ResponseWriter, gen: Generation, env: ResponseMeta, req: ChatCompletionRequest
 ) -> None:
     parts: list[str] = []
     tokens = []
@@ -203,7 +203,7 @@ async def _complete_chat(
 
 
 async def _run_completion(
-    writer: ResponseWriter, gen: Generation, env: Envelope, req: CompletionRequest
+    writer: ResponseWriter, gen: Generation, env: ResponseMeta, req: CompletionRequest
 ) -> None:
     offsets = formats.CompletionLogprobs(start_offset=len(req.prompt_text()))
     want_logprobs = gen.params.logprobs

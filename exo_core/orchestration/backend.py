@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Set
+from collections.abc import AsyncIterator, Callable, Set
 from typing import Any
 
 import anyio
@@ -36,17 +36,16 @@ from exo_core.orchestration.catalog import Catalog, LoadedModel
 from exo_core.orchestration.checks import check_length, check_memory, checked_logit_bias
 from exo_core.orchestration.failover import Failover, Resume
 from exo_core.orchestration.requests import RequestFailed, RequestTracker
+from exo_core.orchestration.router import Send
 from exo_core.orchestration.topology_view import LastPlan, describe_topology
 from exo_core.params import SamplingParams
 from exo_core.protocol import inference as wire
-from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.sampling import Sampling
 from exo_core.topology.cluster import ClusterView
 from exo_core.topology.partition import NoCapacityError, Partitioner, Plan, fold_head
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str, RoutedMessage], Awaitable[None]]
 MAX_WIRE_TOKENS = 2**32 - 1
 
 

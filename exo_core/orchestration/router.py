@@ -22,6 +22,9 @@ from exo_core.transport.types import Incoming
 
 log = logging.getLogger(__name__)
 
+#: How this node's parts send a message to a node of the cluster (the node's :meth:`Router.send`, bound).
+Send = Callable[[str, RoutedMessage], Coroutine[Any, Any, None]]
+
 LocalHandler = Callable[[RoutedMessage, str], Coroutine[Any, Any, None]]
 
 

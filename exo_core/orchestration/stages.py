@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import anyio
 import numpy as np
@@ -30,8 +30,8 @@ from exo_core.models.sampling import (
 from exo_core.models.source import load_config
 from exo_core.orchestration.batching import StepBatcher
 from exo_core.orchestration.catalog import Catalog
+from exo_core.orchestration.router import Send
 from exo_core.orchestration.shards import ShardHost
-from exo_core.protocol.codec import RoutedMessage
 from exo_core.protocol.control import Error
 from exo_core.protocol.errors import ErrorCode
 from exo_core.protocol.inference import Finish, Progress, Prompt, RequestContext, TensorMessage, Token
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 #: origin finishes a request while its next token travels to the first stage)
 FINISHED_REMEMBERED = 4096
 
-Send = Callable[[str, RoutedMessage], Awaitable[None]]
 #: default chunk of a long prompt's prefill, in positions (``--prefill-chunk``)
 PREFILL_CHUNK = 512
 
