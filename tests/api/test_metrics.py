@@ -58,3 +58,38 @@ async def test_metrics_need_no_api_key_and_count_refusals() -> None:
         assert refused.status_code == 401
         m = parse((await client.get("/metrics")).text)
     assert m['exo_http_requests_total{path="/v1/chat/completions",status="401"}'] == 1
+
+
+async def test_metrics_parse_with_prometheus_clients_own_parser() -> None:
+    """What a Prometheus server (or anything built on prometheus_client) scrapes: every family parses, with
+    its type, and the counters, histograms and gauges carry the values the requests produced."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    backend = FakeBackend(lambda call: Script(tokens=[" a", " b"], prompt_tokens=3))
+    async with running_api(backend) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        before = (await client.get("/metrics")).text
+        for _ in range(3):
+            ok = await client.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": MSG_TEXT}]}
+            )
+            assert ok.status_code == 200
+        after = (await client.get("/metrics")).text
+
+    def families(text: str) -> dict[str, tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]]:
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in fam.samples}
+            out[fam.name] = (fam.type, samples)
+        return out
+
+    old, new = families(before), families(after)
+    assert new["exo_completion_tokens"][0] == "counter"
+    assert new["exo_time_to_first_token_seconds"][0] == "histogram"
+    assert new["exo_requests_generating"][0] == "gauge"
+    tokens = ("exo_completion_tokens_total", ())
+    assert new["exo_completion_tokens"][1][tokens] - old["exo_completion_tokens"][1].get(tokens, 0) == 6
+    ttft = dict(new["exo_time_to_first_token_seconds"][1])
+    assert ttft[("exo_time_to_first_token_seconds_count", ())] == 3
+    assert ttft[("exo_time_to_first_token_seconds_bucket", (("le", "+Inf"),))] == 3
+    http = new["exo_http_requests"][1]
+    assert http[("exo_http_requests_total", (("path", "/v1/chat/completions"), ("status", "200")))] == 3
