@@ -170,16 +170,18 @@ class _InfoRoutes:
                 500, f"backend {what} failed: {type(exc).__name__}: {exc}", code="internal_error"
             ) from exc
 
-    async def _model_entries(self) -> list[dict[str, Any]]:
+    async def _model_entries(self, *, everything: bool = True) -> list[dict[str, Any]]:
         models = await self._call("models()", self._backend.models)
         default = await self._call("default_model()", self._backend.default_model)
-        entries = [formats.model_entry(m) for m in models]
+        entries = [formats.model_entry(m) for m in models if everything or m.ready]
         entries.sort(key=lambda e: e["id"] != default)  # stable: the default first, then backend order
         return entries
 
     async def list_models(self, request: Request) -> Response:
-        """``GET /v1/models``: the default model first."""
-        return JSONResponse({"object": "list", "data": await self._model_entries()})
+        """``GET /v1/models``: the models the cluster can serve now, the default first; with ``?all=true``
+        also those that need a download first (marked ``"needs_download": true``)."""
+        everything = request.query_params.get("all", "").lower() in ("1", "true", "yes")
+        return JSONResponse({"object": "list", "data": await self._model_entries(everything=everything)})
 
     async def get_model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``."""

@@ -115,12 +115,15 @@ class ModelInfo:
         owned_by: shown as ``owned_by``.
         created: Unix time shown as ``created`` (0 when unknown).
         extra: more JSON-able fields added to the model's entry (e.g. ``{"context_length": 8192}``).
+        ready: the cluster can serve it now; ``False`` when it needs a download first (``GET /v1/models``
+            lists it only with ``?all=true``, marked ``"needs_download": true``).
     """
 
     id: str
     owned_by: str = "exo"
     created: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    ready: bool = True
 
 
 class TopologyNode(TypedDict, total=False):

@@ -136,4 +136,6 @@ def model_entry(info: ModelInfo) -> dict[str, Any]:
     """One ``model`` object of ``GET /v1/models``."""
     entry: dict[str, Any] = dict(info.extra)
     entry.update({"id": info.id, "object": "model", "created": info.created, "owned_by": info.owned_by})
+    if not info.ready:
+        entry["needs_download"] = True
     return entry

@@ -104,6 +104,15 @@ def _is_connection_problem(exc: Exception) -> bool:
     return "Connect" in type(exc).__name__ or "Timeout" in type(exc).__name__ or isinstance(exc, OSError)
 
 
+def is_cached(repo: str, *, revision: str | None = None, cache_dir: Path | None = None) -> bool:
+    """Whether ``repo``'s config is in the local hub cache already (no network; a partial download counts:
+    its missing weight files are fetched when a shard needs them)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json", cache_dir=cache_dir, revision=revision)
+    return isinstance(found, str)
+
+
 def download_metadata(
     repo: str, *, revision: str | None = None, cache_dir: Path | None = None, endpoint: str | None = None
 ) -> Path:

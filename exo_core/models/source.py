@@ -84,6 +84,24 @@ def _package_file(entry: RegistryEntry) -> Path | None:
     return None
 
 
+def available_offline(model_id_or_path: str | Path) -> bool:
+    """Whether :func:`resolve_model` would find the model without the network: a local file or folder, a
+    registry model whose package is installed, or a hub model in the local cache."""
+    text = str(model_id_or_path)
+    if Path(text).expanduser().exists():
+        return True
+    entry = REGISTRY.get(text)
+    if entry is not None and _package_file(entry) is not None:
+        return True
+    repo = entry.hub_repo if entry is not None else (text if text.count("/") == 1 else None)
+    if repo is None:
+        return False
+    try:
+        return hub.is_cached(repo)
+    except Exception:  # a broken cache folder is no reason to fail a listing
+        return False
+
+
 def resolve_model(
     model_id_or_path: str | Path,
     *,

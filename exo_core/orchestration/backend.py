@@ -97,7 +97,7 @@ class NodeBackend:
     # ---- cheap reads -----------------------------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=m) for m in self.catalog.model_ids()]
+        return [ModelInfo(id=m, ready=self.catalog.ready(m)) for m in self.catalog.model_ids()]
 
     def default_model(self) -> str:
         return self.catalog.default_model

@@ -8,6 +8,7 @@ needs the same file under the same name).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,16 @@ from exo_core.models.config import ModelConfig
 from exo_core.models.source import (
     REGISTRY,
     ModelSource,
+    available_offline,
     head_in_layers,
     load_config,
     resolve_model,
     stored_bytes,
 )
 from exo_core.models.tokenizer import Tokenizer, load_tokenizer
+
+#: seconds an offline-availability check of a model stays valid
+_READY_TTL = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ class Catalog:
 
     def __init__(self, default_model: str, model_path: Path | None = None) -> None:
         self._paths: dict[str, Path] = {}
+        #: model id -> (available without a download, when checked)
+        self._ready: dict[str, tuple[bool, float]] = {}
         if model_path is not None:
             model_id = model_id_for_path(model_path)
             self._paths[model_id] = model_path.expanduser()
@@ -64,6 +71,16 @@ class Catalog:
         """Ids listed by ``GET /v1/models``: the default first, then local paths and registry ids."""
         ids = [self.default_model, *self._paths, *REGISTRY]
         return list(dict.fromkeys(ids))
+
+    def ready(self, model_id: str) -> bool:
+        """Whether this node can serve ``model_id`` without a download (an explicit path always counts)."""
+        if model_id in self._sources or model_id in self._paths:
+            return True
+        now = time.monotonic()
+        known = self._ready.get(model_id)
+        if known is None or now - known[1] > _READY_TTL:  # a file check; a download may change it later
+            known = self._ready[model_id] = (available_offline(model_id), now)
+        return known[0]
 
     def knows(self, model_id: str) -> bool:
         return model_id in self._paths or model_id in REGISTRY or model_id == self.default_model

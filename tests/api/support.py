@@ -26,6 +26,8 @@ from exo_core.api import (
 
 MODEL = "fake-model"
 OTHER_MODEL = "other-model"
+#: a model the fake cluster could serve only after a download
+REMOTE_MODEL = "hub-only-model"
 
 
 @dataclass
@@ -119,7 +121,11 @@ class FakeBackend:
         return self.calls[0]
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(OTHER_MODEL, created=1), ModelInfo(MODEL, extra={"context_length": 2048})]
+        return [
+            ModelInfo(OTHER_MODEL, created=1),
+            ModelInfo(MODEL, extra={"context_length": 2048}),
+            ModelInfo(REMOTE_MODEL, ready=False),
+        ]
 
     def default_model(self) -> str:
         return MODEL

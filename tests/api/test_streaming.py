@@ -12,7 +12,7 @@ import pytest
 
 from exo_core.api import BackendError, BackendEvent, Started, TokenEvent
 
-from .support import MODEL, Call, FakeBackend, Script, running_api, wait_closed
+from .support import MODEL, OTHER_MODEL, REMOTE_MODEL, Call, FakeBackend, Script, running_api, wait_closed
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 LONG = Script(tokens=[f" t{i}" for i in range(2000)], delay=0.02)
@@ -221,3 +221,16 @@ async def test_models_endpoint_shape(client: httpx.AsyncClient) -> None:
         "owned_by": "exo",
         "context_length": 2048,
     }
+
+
+async def test_models_needing_a_download_are_listed_only_when_asked(client: httpx.AsyncClient) -> None:
+    """Model pickers show what the cluster can serve now; ``?all=true`` adds the ones a request would have
+    to download first, marked so."""
+    listed = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert listed == [MODEL, OTHER_MODEL]
+    every = {m["id"]: m for m in (await client.get("/v1/models", params={"all": "true"})).json()["data"]}
+    assert list(every) == [MODEL, OTHER_MODEL, REMOTE_MODEL]
+    assert every[REMOTE_MODEL]["needs_download"] is True
+    assert "needs_download" not in every[MODEL]
+    one = (await client.get(f"/v1/models/{REMOTE_MODEL}")).json()
+    assert one["id"] == REMOTE_MODEL and one["needs_download"] is True
