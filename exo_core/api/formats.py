@@ -108,9 +108,18 @@ class CompletionLogprobs:
         return {
             "tokens": [t.text for t in tokens],
             "token_logprobs": [t.logprob if t.logprob is not None else 0.0 for t in tokens],
-            "top_logprobs": [dict(t.top_logprobs or []) for t in tokens],
+            "top_logprobs": [_with_sampled(t) for t in tokens],
             "text_offset": offsets,
         }
+
+
+def _with_sampled(t: TokenEvent) -> dict[str, float]:
+    """A token's ``top_logprobs`` with the sampled token in it (as OpenAI's legacy completions: up to
+    ``logprobs + 1`` entries when the sampled token is not among the most likely)."""
+    top = dict(t.top_logprobs or [])
+    if t.top_logprobs and t.text not in top and t.logprob is not None:
+        top[t.text] = t.logprob
+    return top
 
 
 def text_completion(
