@@ -49,6 +49,7 @@ class _Sink:
     async def peer_found(self, peer: DiscoveredPeer) -> None:
         old = self.known.get(peer.key)
         if old is not None and _route(old) == _route(peer):
+            self.known[peer.key] = peer  # its declared capabilities may have changed
             return
         if old is not None:
             self.transport.forget(old.host, old.port, ssh=old.ssh)
@@ -61,6 +62,17 @@ class _Sink:
         if peer is not None and _route(peer) not in {_route(p) for p in self.known.values()}:
             log.info("discovery lost %s (%s)", key, peer.address)
             self.transport.forget(peer.host, peer.port, ssh=peer.ssh)
+
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """The capabilities discovery declared for peers (peers.json ``device_capabilities``), by the node id
+        their address led to."""
+        out: dict[str, dict[str, Any]] = {}
+        for peer in self.known.values():
+            if peer.capabilities:
+                node_id = self.transport.peer_at(peer.host, peer.port, ssh=peer.ssh)
+                if node_id is not None:
+                    out[node_id] = peer.capabilities
+        return out
 
 
 def _route(peer: DiscoveredPeer) -> tuple[str, int, SshRoute | None]:
@@ -222,7 +234,9 @@ class Node:
             await tg.start(self.gossip.run)
             await tg.start(self.stages.sweep)
             if self.discovery is not None:
-                await tg.start(self.discovery.run, _Sink(self.transport))
+                sink = _Sink(self.transport)
+                self.cluster.declared_source = sink.declared
+                await tg.start(self.discovery.run, sink)
             if api:
                 from exo_core.api import create_app, serve_api
                 from exo_core.api.http_guard import ConnectionLimits

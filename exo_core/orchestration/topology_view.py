@@ -26,6 +26,7 @@ def describe_topology(
     the latest ``plan`` (``None`` before the first), ``loaded_shards`` when the node reports them, and
     ``recent_events`` (failovers)."""
     reachable = cluster.reachable()
+    declared = cluster.declared()
     nodes = []
     for rec in sorted(cluster.records.values(), key=lambda r: r.node_id):
         if rec.node_id not in reachable:
@@ -42,6 +43,9 @@ def describe_topology(
         node["memory_mb"] = rec.memory_mb
         if isinstance(caps.get("flops"), dict):
             node["flops"] = caps["flops"]
+        if rec.node_id in declared:  # peers.json's device_capabilities, beside what the node reports
+            node["declared_capabilities"] = declared[rec.node_id]
+            node["planned_memory_mb"] = cluster.planned_memory_mb(rec.node_id, declared)
         nodes.append(node)
     connections = [
         {"a": a, "b": b}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,9 @@ class ClusterView:
     address: str = ""
     records: dict[str, NodeRecord] = field(default_factory=dict)
     received_at: dict[str, float] = field(default_factory=dict)
+    #: what this node's configuration declares about other nodes (peers.json ``device_capabilities``), by
+    #: node id, asked for whenever it is needed (the node matches entries to ids as peers connect)
+    declared_source: Callable[[], dict[str, dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         # a restarted node must beat its own old records still in circulation: start from the clock
@@ -193,10 +196,27 @@ class ClusterView:
                     queue.append(nxt)
         return None
 
+    def declared(self) -> dict[str, dict[str, Any]]:
+        """Declared capabilities by node id (see :attr:`declared_source`)."""
+        return self.declared_source() if self.declared_source is not None else {}
+
+    def planned_memory_mb(self, node_id: str, declared: dict[str, dict[str, Any]] | None = None) -> int:
+        """The memory the plan counts for a node: the lower of what it reports and what this node's
+        configuration declares for it (either alone when the other is unknown)."""
+        reported = self.records[node_id].memory_mb if node_id in self.records else 0
+        caps = (self.declared() if declared is None else declared).get(node_id) or {}
+        memory = caps.get("memory")
+        if isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0:
+            return int(memory) if reported <= 0 else min(reported, int(memory))
+        return reported
+
     def resources(self) -> list[NodeResources]:
         """Reachable nodes with their memory, for the partitioner (not those leaving)."""
         usable = self.reachable() - self.leaving()
-        return [NodeResources(n, self.records[n].memory_mb) for n in sorted(usable) if n in self.records]
+        declared = self.declared()
+        return [
+            NodeResources(n, self.planned_memory_mb(n, declared)) for n in sorted(usable) if n in self.records
+        ]
 
     def to_json(self) -> dict[str, Any]:
         reachable = self.reachable()

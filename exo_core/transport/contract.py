@@ -211,6 +211,11 @@ class Transport(Protocol):
         """Stop keeping the address connected and close the connection made for it (no-op if unknown)."""
         ...
 
+    def peer_at(self, host: str, port: int, *, ssh: SshRoute | None = None) -> str | None:
+        """The node id a kept address last led to (``None`` before it was first reached, or when not kept):
+        how a peers.json entry, a label, is matched to the node that answers there."""
+        ...
+
 
 if TYPE_CHECKING:  # mypy checks here that every implementation in the core honours the contract
     from exo_core.transport.memory import MemoryTransport

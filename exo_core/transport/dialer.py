@@ -45,6 +45,8 @@ def describe(host: str, port: int, ssh: SshRoute | None) -> str:
 class _Keep:
     scope: CancelScope
     link: Link | None = None
+    #: the node the address last led to
+    node_id: str | None = None
 
 
 class Dialer:
@@ -126,6 +128,11 @@ class Dialer:
         if keep.link is not None:
             keep.link.conn.fail(f"{describe(host, port, ssh)} forgotten")
 
+    def peer_at(self, host: str, port: int, ssh: SshRoute | None = None) -> str | None:
+        """The node id the kept address last led to, if any."""
+        keep = self._keeps.get((host, port, ssh))
+        return keep.node_id if keep is not None else None
+
     async def _keep_loop(self, key: Key, keep: _Keep) -> None:
         s = self.settings
         where = describe(*key)
@@ -152,6 +159,7 @@ class Dialer:
                     failures = 0
                     delay = s.reconnect_initial
                     keep.link = link
+                    keep.node_id = link.info.node_id
                     await link.done.wait()
                     keep.link = None
                     peer = self._table.peers.get(link.info.node_id)

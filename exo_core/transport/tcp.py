@@ -381,5 +381,9 @@ class TcpTransport:
         """Stop keeping the address connected and close the connection dialed for it."""
         self._dialer.forget(host, port, ssh)
 
+    def peer_at(self, host: str, port: int, *, ssh: SshRoute | None = None) -> str | None:
+        """The node id a kept address last led to (``None`` before it was reached, or when not kept)."""
+        return self._dialer.peer_at(host, port, ssh)
+
     def __repr__(self) -> str:
         return f"TcpTransport(node_id={self.node_id!r}, port={self._port}, peers={len(self._table.peers)})"

@@ -95,3 +95,21 @@ def test_a_leaving_node_is_gossiped_and_left_out_of_plans() -> None:
         assert v.leaving() == {"b"}
         assert "b" in v.reachable()  # still connected: it finishes what it serves
         assert {r.node_id for r in v.resources()} == {"a", "c"}
+
+
+def test_declared_memory_caps_what_the_plan_counts() -> None:
+    """peers.json's device_capabilities: the lower of declared and reported memory is what the partitioner
+    sees; a declaration stands alone for a node that reports none; other declared fields change nothing."""
+    a, b, c = view("a", 24576), view("b", 24576), view("c", 0)
+    a.set_neighbors(["b", "c"])
+    b.set_neighbors(["a"])
+    c.set_neighbors(["a"])
+    gossip(a, b, c)
+    declared = {"b": caps(4096), "c": caps(2048), "zz": caps(1)}  # zz: declared but not in the cluster
+    a.declared_source = lambda: declared
+    assert {r.node_id: r.memory_mb for r in a.resources()} == {"a": 24576, "b": 4096, "c": 2048}
+    declared["b"] = caps(65536)  # declaring more than the node has does not raise it
+    assert a.planned_memory_mb("b") == 24576
+    declared["b"] = {"chip": "x"}  # no memory declared
+    assert a.planned_memory_mb("b") == 24576
+    assert b.declared() == {} and b.planned_memory_mb("a") == 24576

@@ -261,6 +261,12 @@ class MemoryTransport(Endpoint):
         if target is not None:
             self.network._forgotten(self.node_id, target.node_id)
 
+    def peer_at(self, host: str, port: int, *, ssh: SshRoute | None = None) -> str | None:
+        if ssh is not None or host != HOST or port not in self._keeps:
+            return None
+        target = self.network._node_at(host, port)
+        return target.node_id if target is not None and target.node_id in self.peers else None
+
     # ---- links ---------------------------------------------------------------------------------------
 
     def _info(self, *, dialed: bool, conn_seq: int) -> PeerInfo:
