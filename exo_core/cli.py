@@ -187,13 +187,20 @@ def _cmd_version(cli: Cli) -> int:
 
 
 def _cmd_capabilities(cli: Cli, ns: argparse.Namespace) -> int:
+    from exo_core.cliflags import build_settings, given_values
+    from exo_core.lan.netif import dialable_address
     from exo_core.topology.device import device_capabilities
+    from exo_core.transport.settings import TransportSettings
 
     core = cli.core_settings(ns)
+    transport = build_settings(TransportSettings, given_values(ns, cli.flags, TransportSettings))
+    address, note = dialable_address(core.node_host, core.node_port, transport.advertise_address)
+    if note:
+        print(f"exo: note: {note}", file=sys.stderr)
     entry = {
         "peers": {
             core.resolve_node_id(): {
-                "address": f"{core.node_host}:{core.node_port}",
+                "address": address,
                 "device_capabilities": device_capabilities(),
             }
         }

@@ -237,3 +237,17 @@ def test_a_missing_peers_file_is_one_line_not_a_traceback(tmp_path: Path) -> Non
     proc = _run([*args, "--chatgpt-api-port", "0"], tmp=tmp_path)
     assert proc.returncode == 2
     assert "exo: error:" in proc.stderr and "nope.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_capabilities_prints_an_address_a_peer_can_dial(tmp_path: Path) -> None:
+    def entry(args: list[str]) -> tuple[str, str]:
+        out = _run(["capabilities", *args], env={}, tmp=tmp_path)
+        assert out.returncode == 0, out.stderr
+        (peer,) = json.loads(out.stdout)["peers"].values()
+        return str(peer["address"]), out.stderr
+
+    address, note = entry([])  # listening on every interface: one of this machine's addresses, never 0.0.0.0
+    assert not address.startswith("0.0.0.0") and address.endswith(":50051")
+    assert "exo: note:" in note and "--transport-advertise-address" in note
+    assert entry(["--node-host", "127.0.0.1", "--node-port", "6001"]) == ("127.0.0.1:6001", "")
+    assert entry(["--transport-advertise-address", "vm.example.com:6000"]) == ("vm.example.com:6000", "")

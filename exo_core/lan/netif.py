@@ -113,6 +113,35 @@ def ipv4_interfaces() -> list[Interface]:
     return out
 
 
+def dialable_address(host: str, port: int, advertised: str | None = None) -> tuple[str, str | None]:
+    """The address other nodes should put in their peers.json for this node, and a note for the user.
+
+    The advertised address (``--transport-advertise-address``) when set; else the listen host when it is a
+    real address; else (a wildcard listener) this machine's first non-loopback IPv4 address that is up,
+    with a note naming the others (which one a peer can reach depends on its network).
+    """
+    if advertised:
+        return advertised, None
+    if host not in ("", "0.0.0.0", "::"):
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), None
+    up = [
+        i.address
+        for i in ipv4_interfaces()
+        if i.flags & IFF_UP and not i.address.is_loopback and not i.address.is_link_local
+    ]
+    if not up:
+        return f"127.0.0.1:{port}", (
+            f"this node listens on all interfaces ({host or '0.0.0.0'}) but has no network address up; "
+            "peers on this machine can use 127.0.0.1, others need --transport-advertise-address"
+        )
+    others = ", ".join(str(a) for a in up[1:])
+    return f"{up[0]}:{port}", (
+        f"this node listens on all interfaces; {up[0]} is one of its addresses"
+        + (f" (others: {others}); use the one the peer can reach" if others else "")
+        + ", or set --transport-advertise-address"
+    )
+
+
 def parse_names(value: str) -> list[str]:
     """Split a comma-separated interface list (``"eth0, wlan0"``); empty means "automatic"."""
     return [part.strip() for part in value.split(",") if part.strip()]
