@@ -112,7 +112,6 @@ class Node:
         self.stages = StageRunner(
             node_id,
             self.shards,
-            self.catalog,
             self.send,
             slots=core.compute_slots,
             prefill_chunk=core.prefill_chunk,

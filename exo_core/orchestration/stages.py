@@ -27,9 +27,7 @@ from exo_core.models.sampling import (
     token_logprob,
     top_logprobs,
 )
-from exo_core.models.source import load_config
 from exo_core.orchestration.batching import StepBatcher
-from exo_core.orchestration.catalog import Catalog
 from exo_core.orchestration.router import Send
 from exo_core.orchestration.shards import ShardHost
 from exo_core.protocol.control import Error
@@ -73,7 +71,6 @@ class StageRunner:
         self,
         self_id: str,
         shards: ShardHost,
-        catalog: Catalog,
         send: Send,
         *,
         idle_timeout: float = 600.0,
@@ -82,14 +79,12 @@ class StageRunner:
     ) -> None:
         self.self_id = self_id
         self._shards = shards
-        self._catalog = catalog
         self._send = send
         self._rngs: dict[str, np.random.Generator] = {}
         #: request id -> token id -> times sampled in this completion (only for requests with penalties)
         self._counts: dict[str, dict[int, int]] = {}
         self._active: dict[str, float] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._context_length: dict[str, int] = {}
         self._idle_timeout = idle_timeout
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
@@ -256,14 +251,6 @@ class StageRunner:
         reason = ""
         if token_id in run.stop_token_ids:
             reason = "stop"
-        elif step + 1 >= run.max_tokens or position + 1 >= await self._context(ctx.model_id):
+        elif step + 1 >= run.max_tokens:  # the origin bounded max_tokens by the room left in the context
             reason = "length"
         return Token(ctx, step, position, token_id, logprob, top, bool(reason), reason)
-
-    async def _context(self, model_id: str) -> int:
-        length = self._context_length.get(model_id)
-        if length is None:
-            source = await anyio.to_thread.run_sync(self._catalog.source, model_id)
-            config = await anyio.to_thread.run_sync(load_config, source)
-            length = self._context_length[model_id] = config.context_length
-        return length

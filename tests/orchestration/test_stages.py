@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from exo_core.orchestration import stages
-from exo_core.orchestration.catalog import Catalog
 from exo_core.orchestration.stages import StageRunner
 from exo_core.params import SamplingParams
 from exo_core.protocol.codec import RoutedMessage
@@ -62,7 +61,7 @@ def _runner(shards: Shards) -> tuple[StageRunner, list[tuple[str, RoutedMessage]
     async def send(node: str, msg: RoutedMessage) -> None:
         sent.append((node, msg))
 
-    return StageRunner("a", shards, Catalog("m", None), send), sent  # type: ignore[arg-type]
+    return StageRunner("a", shards, send), sent  # type: ignore[arg-type]
 
 
 async def test_a_request_finished_during_its_step_sends_nothing_and_keeps_no_cache(tmp_path: Path) -> None:
@@ -150,7 +149,7 @@ def _chunk_runner(engine: ChunkEngine) -> tuple[StageRunner, list[tuple[str, Rou
     async def send(node: str, msg: RoutedMessage) -> None:
         sent.append((node, msg))
 
-    runner = StageRunner("a", Shards(engine), Catalog("m", None), send, prefill_chunk=4)  # type: ignore[arg-type]
+    runner = StageRunner("a", Shards(engine), send, prefill_chunk=4)  # type: ignore[arg-type]
     return runner, sent
 
 
