@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exo_core import __version__
+from exo_core import __version__, startup_log
 from exo_core.cliflags import Flag, add_settings_flags, build_settings, given_values
 from exo_core.components import SELECTOR_FLAGS, Component, ComponentContext, Kind
 from exo_core.errors import ExoError
@@ -228,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exo_core.commands import ping_command
 
             return ping_command(cli, ns)
+        # a node's start-up log lines wait until it is up: a failed start then prints just its error
+        startup_log.hold()
         if command == "run":
             from exo_core.commands import run_command
 
@@ -236,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return node_command(cli, ns)
     except ExoError as exc:
+        startup_log.discard()
         print(f"exo: error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:
@@ -244,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         leaves = _leaves(group)
         if not leaves or not all(isinstance(e, ExoError | OSError) for e in leaves):
             raise
+        startup_log.discard()
         for message in dict.fromkeys(str(e) for e in leaves):
             print(f"exo: error: {message}", file=sys.stderr)
         return 2
@@ -255,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    finally:
+        startup_log.release()  # whatever ended the start (a crash too): what it logged is shown
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from exo_core import startup_log
 from exo_core.api.backend import BackendError, Finished, TokenEvent
 from exo_core.components import KINDS
 from exo_core.orchestration.node import Node
@@ -56,6 +57,7 @@ async def _serve(node: Node, drain_timeout: float) -> None:
     seconds and stop; a second signal stops it at once."""
     async with anyio.create_task_group() as tg:
         await tg.start(node.run)
+        startup_log.release()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info(
@@ -90,6 +92,7 @@ async def _run_prompt(node: Node, ns: argparse.Namespace) -> int:
     model = ns.model or node.catalog.default_model
     async with anyio.create_task_group() as tg:
         await tg.start(functools.partial(node.run, api=False))
+        startup_log.release()
         if ns.wait_peers:
             with anyio.move_on_after(ns.wait_timeout):
                 await node.wait_for_nodes(ns.wait_peers + 1)
