@@ -201,7 +201,7 @@ def _cmd_capabilities(cli: Cli, ns: argparse.Namespace) -> int:
         "peers": {
             core.resolve_node_id(): {
                 "address": address,
-                "device_capabilities": device_capabilities(),
+                "device_capabilities": device_capabilities(core.device_overrides()),
             }
         }
     }

@@ -48,7 +48,7 @@ def build_node(cli: Cli, ns: argparse.Namespace, core: CoreSettings) -> Node:
         partitioner=selected["partitioner"].build(contexts["partitioner"]),
         engine_factory=lambda: engine.build(engine_ctx),
         engine_name=engine.name,
-        capabilities=device_capabilities(),
+        capabilities=device_capabilities(core.device_overrides()),
     )
 
 

@@ -126,6 +126,27 @@ class CoreSettings(BaseSettings):
         description="times a request moves to a new plan when a node of its plan is lost, resuming where "
         "it was (0: fail at once)",
     )
+    device_model: str | None = Field(
+        None, description="this device's model as peers see it (default: detected, e.g. 'Linux x86_64')"
+    )
+    device_chip: str | None = Field(
+        None, description="this device's chip as peers see it (default: detected)"
+    )
+    device_memory_mb: int | None = Field(
+        None,
+        ge=0,
+        description="memory this node reports, in MB (default: detected); the plan gives each node layers in "
+        "proportion to it, so a smaller figure lends the cluster only part of a shared machine",
+    )
+    device_flops_fp32: float | None = Field(
+        None, ge=0, description="reported fp32 TFLOPS (default: estimated)"
+    )
+    device_flops_fp16: float | None = Field(
+        None, ge=0, description="reported fp16 TFLOPS (default: estimated)"
+    )
+    device_flops_int8: float | None = Field(
+        None, ge=0, description="reported int8 TFLOPS (default: estimated)"
+    )
     cluster_key: SecretStr | None = Field(
         None, description="shared secret: peers must prove they know it (HMAC challenge-response)"
     )
@@ -146,6 +167,19 @@ class CoreSettings(BaseSettings):
             else:
                 origin.parse_cors_origins(entries)
         return value
+
+    def device_overrides(self) -> dict[str, str]:
+        """The ``--device-*`` settings that are set, as the ``EXO_DEVICE_*`` mapping
+        :func:`exo_core.topology.device.device_capabilities` applies."""
+        values = {
+            "EXO_DEVICE_MODEL": self.device_model,
+            "EXO_DEVICE_CHIP": self.device_chip,
+            "EXO_DEVICE_MEMORY_MB": self.device_memory_mb,
+            "EXO_DEVICE_FLOPS_FP32": self.device_flops_fp32,
+            "EXO_DEVICE_FLOPS_FP16": self.device_flops_fp16,
+            "EXO_DEVICE_FLOPS_INT8": self.device_flops_int8,
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
 
     def cluster_key_text(self) -> str | None:
         """The cluster key as plain text, or ``None`` when no key is set."""

@@ -251,3 +251,19 @@ def test_capabilities_prints_an_address_a_peer_can_dial(tmp_path: Path) -> None:
     assert "exo: note:" in note and "--transport-advertise-address" in note
     assert entry(["--node-host", "127.0.0.1", "--node-port", "6001"]) == ("127.0.0.1:6001", "")
     assert entry(["--transport-advertise-address", "vm.example.com:6000"]) == ("vm.example.com:6000", "")
+
+
+def test_device_overrides_are_flags_with_their_old_variables(tmp_path: Path) -> None:
+    def caps(args: list[str], env: dict[str, str]) -> dict[str, object]:
+        out = _run(["capabilities", "--node-host", "127.0.0.1", *args], env=env, tmp=tmp_path)
+        assert out.returncode == 0, out.stderr
+        (peer,) = json.loads(out.stdout)["peers"].values()
+        result: dict[str, object] = peer["device_capabilities"]
+        return result
+
+    got = caps(["--device-memory-mb", "4096", "--device-chip", "M9", "--device-flops-int8", "2.5"], {})
+    assert got["memory"] == 4096 and got["chip"] == "M9" and got["flops"]["int8"] == 2.5  # type: ignore[index]
+    assert caps([], {"EXO_DEVICE_MEMORY_MB": "2048"})["memory"] == 2048
+    assert caps(["--device-memory-mb", "1024"], {"EXO_DEVICE_MEMORY_MB": "2048"})["memory"] == 1024
+    bad = _run(["capabilities", "--device-memory-mb", "-1"], tmp=tmp_path)
+    assert bad.returncode == 2 and "--device-memory-mb / EXO_DEVICE_MEMORY_MB" in bad.stderr

@@ -3,9 +3,10 @@
 ``{"model": str, "chip": str, "memory": int (MB), "flops": {"fp32": TFLOPS, "fp16": TFLOPS, "int8": TFLOPS}}``
 
 Detected on Linux (``/proc``, ``/sys``) and macOS (``sysctl``); every field can be overridden with the
-environment variables ``EXO_DEVICE_MODEL``, ``EXO_DEVICE_CHIP``, ``EXO_DEVICE_MEMORY_MB``,
-``EXO_DEVICE_FLOPS_FP32``, ``EXO_DEVICE_FLOPS_FP16`` and ``EXO_DEVICE_FLOPS_INT8`` (e.g. to give a
-shared machine a smaller share of the layers).
+flags ``--device-model``, ``--device-chip``, ``--device-memory-mb``, ``--device-flops-fp32``,
+``--device-flops-fp16`` and ``--device-flops-int8`` (environment variables ``EXO_DEVICE_MODEL`` to
+``EXO_DEVICE_FLOPS_INT8``; see :meth:`~exo_core.settings.CoreSettings.device_overrides`), e.g. to give a
+shared machine a smaller share of the layers.
 """
 
 from __future__ import annotations
@@ -135,5 +136,6 @@ def apply_overrides(caps: dict[str, Any], env: Mapping[str, str]) -> dict[str, A
 
 
 def device_capabilities(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """This device's capabilities with ``EXO_DEVICE_*`` overrides applied."""
+    """This device's capabilities with ``EXO_DEVICE_*`` overrides applied (from ``env``; default: the
+    process environment)."""
     return apply_overrides(detect(), os.environ if env is None else env)
