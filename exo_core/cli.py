@@ -20,6 +20,7 @@ from exo_core import __version__, startup_log
 from exo_core.cliflags import Flag, add_settings_flags, build_settings, given_values
 from exo_core.components import SELECTOR_FLAGS, Component, ComponentContext, Kind
 from exo_core.errors import ExoError
+from exo_core.logformat import formatter
 from exo_core.plugins import Plugins, load_plugins
 from exo_core.settings import CoreSettings
 
@@ -69,17 +70,18 @@ class Cli:
                 log.warning("%s has no effect: %s is not selected", f.flag, f.owner)
 
 
-def _pre_parse(argv: Sequence[str]) -> tuple[list[str], str | None]:
+def _pre_parse(argv: Sequence[str]) -> tuple[list[str], str | None, str | None]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-p", action="append", default=[], dest="plugin_opts")
     pre.add_argument("--log-level", default=None)
+    pre.add_argument("--log-format", default=None)
     ns, _ = pre.parse_known_args(argv)
     disabled = []
     for opt in ns.plugin_opts:
         if not opt.startswith("no:") or not opt[3:]:
             raise ExoError(f"-p {opt}: expected -p no:NAME to block plugin NAME")
         disabled.append(opt[3:])
-    return disabled, ns.log_level
+    return disabled, ns.log_level, ns.log_format
 
 
 def _node_flags_parser(plugins: Plugins, flags: list[Flag]) -> argparse.ArgumentParser:
@@ -161,14 +163,14 @@ def build_cli(plugins: Plugins) -> Cli:
     return Cli(plugins=plugins, parser=parser, flags=flags)
 
 
-def _setup_logging(level: str | None) -> None:
-    """Log to stderr at ``--log-level``, else ``$EXO_LOG_LEVEL``, else INFO (a bad name is reported later,
-    when the settings are validated)."""
+def _setup_logging(level: str | None, log_format: str | None = None) -> None:
+    """Log to stderr at ``--log-level``, else ``$EXO_LOG_LEVEL``, else INFO, as ``--log-format`` (else
+    ``$EXO_LOG_FORMAT``, else text) says (bad names are reported later, when the settings are validated)."""
     name = (level or os.environ.get("EXO_LOG_LEVEL") or "INFO").upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format or os.environ.get("EXO_LOG_FORMAT") or "text"))
     logging.basicConfig(
-        level=name if isinstance(logging.getLevelName(name), int) else "INFO",
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=name if isinstance(logging.getLevelName(name), int) else "INFO", handlers=[handler]
     )
 
 
@@ -213,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exo`` console script; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        disabled, level = _pre_parse(args)
-        _setup_logging(level)
+        disabled, level, log_format = _pre_parse(args)
+        _setup_logging(level, log_format)
         cli = build_cli(load_plugins(disabled=disabled))
         ns = cli.parser.parse_args(args)
         command = ns.command

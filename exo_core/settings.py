@@ -154,6 +154,9 @@ class CoreSettings(BaseSettings):
         default_factory=default_config_dir, description="where the persistent node id is kept"
     )
     log_level: LogLevel = Field("INFO", description="logging verbosity")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text, or one JSON object per line (time, level, logger, message)"
+    )
 
     @field_validator("api_allowed_hosts", "api_cors_origins")
     @classmethod

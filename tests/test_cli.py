@@ -267,3 +267,20 @@ def test_device_overrides_are_flags_with_their_old_variables(tmp_path: Path) -> 
     assert caps(["--device-memory-mb", "1024"], {"EXO_DEVICE_MEMORY_MB": "2048"})["memory"] == 1024
     bad = _run(["capabilities", "--device-memory-mb", "-1"], tmp=tmp_path)
     assert bad.returncode == 2 and "--device-memory-mb / EXO_DEVICE_MEMORY_MB" in bad.stderr
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_log_format_json_is_one_object_per_line(tmp_path: Path, how: str) -> None:
+    peers = tmp_path / "peers.json"
+    peers.write_text("{bad")
+    args = ["--discovery-module", "manual", "--discovery-config-path", str(peers), "--log-level", "DEBUG"]
+    args += ["--node-host", "127.0.0.1", "--node-port", "0", "--chatgpt-api-host", "127.0.0.1"]
+    args += ["--chatgpt-api-port", "0"]
+    env = {"EXO_LOG_FORMAT": "json"} if how == "env" else {}
+    out = _run([*args, *(["--log-format", "json"] if how == "flag" else [])], env=env, tmp=tmp_path)
+    assert out.returncode == 2
+    *logs, error = out.stderr.strip().splitlines()
+    assert error.startswith("exo: error: ") and logs
+    records = [json.loads(line) for line in logs]
+    assert all(set(r) >= {"time", "level", "logger", "message"} for r in records)
+    assert any(r["logger"] == "exo_core.transport" and "listening" in r["message"] for r in records)
