@@ -128,6 +128,9 @@ class Registry:
     components: dict[Kind, dict[str, Component]] = field(default_factory=lambda: {k: {} for k in KINDS})
     #: plugin name -> error text, for plugins whose import failed (used in "not installed" errors)
     failed_plugins: dict[str, str] = field(default_factory=dict)
+    #: plugin name -> its distribution, for installed plugins blocked with ``-p no:NAME`` /
+    #: ``EXO_DISABLED_PLUGINS`` (an unknown component they would provide says so, not "install ...")
+    blocked_plugins: dict[str, str] = field(default_factory=dict)
 
     def register_for(self, kind: Kind, plugin: str) -> RegisterComponent:
         """The ``register`` callable handed to ``plugin``'s ``exo_register_<kind>`` hook."""
@@ -190,11 +193,16 @@ class Registry:
         label = "discovery module" if kind == "discovery" else kind
         installed = ", ".join(self.names(kind)) or "none"
         package = FIRST_PARTY_PACKAGES.get(kind, {}).get(name)
-        hint = (
-            f"install {package}"
-            if package
-            else "install the package that provides it (an entry point in group 'exo_core.plugins')"
-        )
+        blocked = sorted(p for p, dist in self.blocked_plugins.items() if package and dist == package)
+        if blocked:
+            hint = (
+                f"{package} is installed but its plugin {', '.join(blocked)} is blocked "
+                f"({' '.join('-p no:' + p for p in blocked)} or EXO_DISABLED_PLUGINS): unblock it"
+            )
+        elif package:
+            hint = f"install {package}"
+        else:
+            hint = "install the package that provides it (an entry point in group 'exo_core.plugins')"
         msg = f"no {label} '{name}' (installed: {installed}); {hint}"
         if self.failed_plugins:
             failed = "; ".join(f"{p}: {err}" for p, err in sorted(self.failed_plugins.items()))

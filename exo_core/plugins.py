@@ -156,6 +156,7 @@ def load_plugins(
 
     for name, module_name in builtins.items():
         if name in blocked:
+            registry.blocked_plugins[name] = "exo-core"
             continue
         _register(pm, importlib.import_module(module_name), name)
         info[name] = PluginInfo(name, "exo-core", __version__, builtin=True)
@@ -171,6 +172,7 @@ def load_plugins(
         seen.add(ep.name)
         if ep.name in blocked or pm.is_blocked(ep.name):
             log.debug("plugin %s is blocked", ep.name)
+            registry.blocked_plugins[ep.name] = ep.dist.name if ep.dist else ""
             continue
         if only and ep.name not in only:
             continue

@@ -70,6 +70,11 @@ CASES: dict[str, Callable[[Path], tuple[list[str], dict[str, str], list[str]]]] 
         {"EXO_DISCOVERY_MANUAL_CONFIG_POLL_INTERVAL": "often"},
         ["EXO_DISCOVERY_MANUAL_CONFIG_POLL_INTERVAL", "often"],
     ),
+    "blocked plugin": lambda t: (
+        ["-p", "no:discovery_manual", "--discovery-module", "manual"],
+        {},
+        ["exo-discovery-manual is installed", "-p no:discovery_manual", "blocked"],
+    ),
     "direct discovery without a peer": lambda t: (
         ["--discovery-module", "direct"],
         {},

@@ -121,6 +121,13 @@ class UdpDiscovery:
                 "udp discovery: no interface with a broadcast address and no --broadcast-address; "
                 "listening only (this node will not be found by others)"
             )
+        if _unicast(self.bind_host):
+            log.warning(
+                "udp discovery binds %s, a unicast address: broadcast announcements (to %s) never arrive "
+                "on it, so this node finds nobody; bind 0.0.0.0 (the default) to receive them",
+                self.bind_host,
+                ", ".join(targets) or "a broadcast address",
+            )
         sock = await self._bind()
         table = LanPeerTable(sink, timeout=self.peer_timeout)
         async with sock:
@@ -258,3 +265,12 @@ class _Runs:
     inst: str
     seq: int
     retired: list[str]
+
+
+def _unicast(host: str) -> bool:
+    """True for a bind address on which a socket receives no broadcasts (any single host's address)."""
+    try:
+        address = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False  # a name or an IPv6 address: bind() reports what it does not accept
+    return not (address.is_unspecified or str(address).endswith(".255") or address.is_multicast)

@@ -220,3 +220,20 @@ async def test_port_in_use_by_a_non_reusing_socket_is_a_config_error() -> None:
         )
         with pytest.raises(ConfigError, match=f"cannot listen on UDP 127.0.0.1:{port}"):
             await node.run(RecordingSink())
+
+
+async def test_a_unicast_bind_warns_that_broadcasts_never_arrive(caplog: pytest.LogCaptureFixture) -> None:
+    """``--discovery-bind-host 127.0.0.1`` binds a single address: broadcasts to 127.255.255.255 do not reach
+    it, so the node would silently find nobody. It says so; the default 0.0.0.0 does not warn."""
+    caplog.set_level(logging.WARNING, "exo_discovery_udp")
+    for bind_host, warns in (("127.0.0.1", True), ("0.0.0.0", False)):
+        caplog.clear()
+        disc = UdpDiscovery(**loopback_kwargs("n1", 50001, free_udp_port()), bind_host=bind_host)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                await tg.start(disc.run, RecordingSink())
+                tg.cancel_scope.cancel()
+        said = [r.getMessage() for r in caplog.records if "unicast address" in r.getMessage()]
+        assert bool(said) is warns, said
+        if warns:
+            assert "127.0.0.1" in said[0] and "127.255.255.255" in said[0] and "0.0.0.0" in said[0]
