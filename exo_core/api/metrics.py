@@ -9,7 +9,9 @@ What is counted (every name starts with ``exo_``):
   ``cancelled``);
 - ``exo_time_to_first_token_seconds`` and ``exo_generation_seconds``: histograms;
 - ``exo_requests_generating``, ``exo_requests_queued``: the admission slots in use and the queue now;
-- from the backend's health: ``exo_peers``, ``exo_cluster_nodes`` (gauges) and ``exo_failovers_total``.
+- from the backend's health: ``exo_peers``, ``exo_cluster_nodes`` (gauges), ``exo_failovers_total``, the
+  loaded shards' ``exo_engine_weights_bytes`` and ``exo_engine_kv_cache_bytes``, and ``exo_peer_up{peer}``
+  (1 for each directly connected peer).
 
 No dependency: the format is a few lines of text. The endpoint is outside ``/v1`` (no API key), like
 ``/healthcheck``.
@@ -39,6 +41,8 @@ _HEALTH = {
     "peers": ("exo_peers", "gauge"),
     "nodes": ("exo_cluster_nodes", "gauge"),
     "failovers": ("exo_failovers_total", "counter"),
+    "weights_bytes": ("exo_engine_weights_bytes", "gauge"),
+    "kv_cache_bytes": ("exo_engine_kv_cache_bytes", "gauge"),
 }
 
 
@@ -120,6 +124,13 @@ class Metrics:
             reported = health.get(key)
             if isinstance(reported, int) and not isinstance(reported, bool):
                 lines += [f"# TYPE {name} {kind}", f"{name} {reported}"]
+        peers = health.get("peer_ids")
+        if isinstance(peers, list):
+            lines += [
+                "# HELP exo_peer_up Directly connected peers (1 per connected peer id).",
+                "# TYPE exo_peer_up gauge",
+                *(f'exo_peer_up{{peer="{_label(p)}"}} 1' for p in peers),
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -157,6 +168,11 @@ def metrics_route(
         return PlainTextResponse(metrics.render(gauges(), backend_health), media_type=CONTENT_TYPE)
 
     return handler
+
+
+def _label(value: object) -> str:
+    """A label value in the exposition format (backslash, quote and newline escaped)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _number(value: float) -> str:

@@ -103,6 +103,7 @@ class NodeBackend:
         return self.catalog.default_model
 
     def health(self) -> dict[str, Any]:
+        shards = self._shards() if self._shards is not None else []
         return {
             "status": "draining" if self.draining else "ok",
             "node_id": self.cluster.self_id,
@@ -110,6 +111,9 @@ class NodeBackend:
             "nodes": len(self.cluster.reachable()),
             "requests_in_flight": len(self.tracker),
             "failovers": self.failover.count,
+            "weights_bytes": sum(_int(s.get("weights_bytes")) for s in shards),
+            "kv_cache_bytes": sum(_int(s.get("kv_cache_bytes")) for s in shards),
+            "peer_ids": sorted(self.cluster.own.neighbors),
         }
 
     def topology(self) -> dict[str, Any]:
@@ -301,3 +305,7 @@ class NodeBackend:
                     model, n_layers, head_layers, exclude=exclude, model_bytes=loaded.model_bytes
                 ),
             )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

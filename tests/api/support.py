@@ -134,7 +134,13 @@ class FakeBackend:
         return self.topology_data
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok" if self.healthy else "degraded", "peers": 1}
+        return {
+            "status": "ok" if self.healthy else "degraded",
+            "peers": 1,
+            "weights_bytes": 111_600_000,
+            "kv_cache_bytes": 4096,
+            "peer_ids": ['node-"b"'],
+        }
 
     def generate(
         self,

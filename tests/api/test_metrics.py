@@ -10,7 +10,7 @@ from .support import FakeBackend, Script, running_api
 
 MSG_TEXT = "hello"
 
-SAMPLE = re.compile(r"^(exo_[a-z_]+)(\{[^}]*\})? (-?[0-9.e+]+|\+Inf)$")
+SAMPLE = re.compile(r"^(exo_[a-z_]+)(\{.*\})? (-?[0-9.e+]+|\+Inf)$")
 
 
 def parse(text: str) -> dict[str, float]:
@@ -48,6 +48,7 @@ async def test_metrics_count_requests_tokens_and_outcomes() -> None:
     assert m["exo_generation_seconds_count"] == 2
     assert m["exo_requests_generating"] == 0 and m["exo_requests_queued"] == 0
     assert m["exo_peers"] == 1  # from the backend's health
+    assert m["exo_engine_weights_bytes"] == 111_600_000 and m["exo_engine_kv_cache_bytes"] == 4096
 
 
 async def test_metrics_need_no_api_key_and_count_refusals() -> None:
@@ -91,5 +92,6 @@ async def test_metrics_parse_with_prometheus_clients_own_parser() -> None:
     ttft = dict(new["exo_time_to_first_token_seconds"][1])
     assert ttft[("exo_time_to_first_token_seconds_count", ())] == 3
     assert ttft[("exo_time_to_first_token_seconds_bucket", (("le", "+Inf"),))] == 3
+    assert new["exo_peer_up"][1] == {("exo_peer_up", (("peer", 'node-"b"'),)): 1.0}  # the quote escaped
     http = new["exo_http_requests"][1]
     assert http[("exo_http_requests_total", (("path", "/v1/chat/completions"), ("status", "200")))] == 3
