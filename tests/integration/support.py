@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exo_core.nodeproc import NodeProcess, direct_to, peers_file
+
+
+def uv() -> str:
+    """The uv binary (``$UV``, as ``make test`` sets it, else the one on PATH); fails the test without one."""
+    found = os.environ.get("UV") or shutil.which("uv")
+    if not found:
+        pytest.fail("uv is needed to build wheels here: run the tests with `make test`")
+    return found
+
 
 PROMPTS = [
     "What is the capital of France?",

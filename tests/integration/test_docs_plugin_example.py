@@ -6,24 +6,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from .support import uv
+
 ROOT = Path(__file__).resolve().parents[2]
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>[^ ]+) -->\n```[a-z]*\n(?P<body>.*?)\n```", re.S)
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _uv() -> str:
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if not uv:
-        pytest.fail("uv is needed to build the example plugin: run the tests with `make test`")
-    return uv
 
 
 def test_the_documented_plugin_builds_installs_and_loads(tmp_path: Path) -> None:
@@ -40,9 +34,9 @@ def test_the_documented_plugin_builds_installs_and_loads(tmp_path: Path) -> None
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, f"{cmd[:2]}: {done.stdout}\n{done.stderr}"
 
-    run([_uv(), "build", "--wheel", "-q", "--out-dir", str(dist), str(src)])
+    run([uv(), "build", "--wheel", "-q", "--out-dir", str(dist), str(src)])
     (wheel,) = dist.glob("exo_discovery_hello-0.1.0-*.whl")
-    run([_uv(), "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)])
+    run([uv(), "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXO_")}
     env.update({"PYTHONPATH": str(site), "EXO_CONFIG_DIR": str(tmp_path / "config")})
     out = subprocess.run(

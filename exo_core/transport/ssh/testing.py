@@ -84,12 +84,17 @@ class Sshd:
             _wait_port(local_port, 20, proc)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def sshd_binary() -> str | None:
@@ -144,12 +149,7 @@ def running_sshd(workdir: Path) -> Iterator[Sshd]:
         _wait_port(port, 20, proc)
         yield Sshd(port, client_key, known_hosts, workdir)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 @dataclass
