@@ -223,8 +223,8 @@ async def test_port_in_use_by_a_non_reusing_socket_is_a_config_error() -> None:
 
 
 async def test_a_unicast_bind_warns_that_broadcasts_never_arrive(caplog: pytest.LogCaptureFixture) -> None:
-    """``--udp-discovery-bind-host 127.0.0.1`` binds a single address: broadcasts to 127.255.255.255 do not reach
-    it, so the node would silently find nobody. It says so; the default 0.0.0.0 does not warn."""
+    """``--udp-discovery-bind-host 127.0.0.1`` binds a single address: broadcasts to 127.255.255.255 do not
+    reach it, so the node would silently find nobody. It says so; the default 0.0.0.0 does not warn."""
     caplog.set_level(logging.WARNING, "exo_discovery_udp")
     for bind_host, warns in (("127.0.0.1", True), ("0.0.0.0", False)):
         caplog.clear()
