@@ -120,7 +120,10 @@ def test_unknown_discovery_module(tmp_path: Path) -> None:
 def test_blocked_plugin_makes_module_unknown(tmp_path: Path) -> None:
     out = _run(["-p", "no:discovery_udp", "--discovery-module", "udp"], tmp=tmp_path)
     assert out.returncode == 2
-    assert "no discovery module 'udp'" in out.stderr and "install exo-discovery-udp" in out.stderr
+    assert "no discovery module 'udp'" in out.stderr
+    # it is installed, only blocked: the hint says so instead of asking to install it
+    assert "exo-discovery-udp is installed" in out.stderr and "-p no:discovery_udp" in out.stderr
+    assert "install exo-discovery-udp" not in out.stderr
 
 
 def test_version_lists_plugins(tmp_path: Path) -> None:
