@@ -57,9 +57,7 @@ class Sessions:
         self._handshake_over = handshake_over
         self._dispatch = dispatch
         self._send_error = send_error
-        #: connections being served now (both directions, in the handshake or not)
-        self.count = 0
-        #: every open connection, for introspection
+        #: every connection being served now (both directions, in the handshake or not)
         self.open: set[Connection] = set()
         #: connections past the handshake (the ``max_connections`` slots)
         self.established = 0
@@ -76,7 +74,6 @@ class Sessions:
 
     async def serve(self, conn: Connection, conn_seq: int, ready: Ready | None) -> None:
         """Handshake ``conn``, call ``ready`` with the link (or the failure), carry frames until it closes."""
-        self.count += 1
         self.open.add(conn)
         link: Link | None = None
         slot = False  # holds one of the max_connections slots
@@ -121,7 +118,6 @@ class Sessions:
                 self._table.remove(link, reason)
                 tg.cancel_scope.cancel()
         finally:
-            self.count -= 1
             self.open.discard(conn)
             self._handshake_over(conn)
             if slot:

@@ -227,7 +227,7 @@ class TcpTransport:
     @property
     def _connections(self) -> int:
         """Connections being served now (for tests and introspection)."""
-        return self._sessions.count
+        return len(self._sessions.open)
 
     @property
     def _conns(self) -> set[Connection]:

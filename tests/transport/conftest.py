@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from exo_core.transport.contract import Transport
 from exo_core.transport.settings import TransportSettings
 from exo_core.transport.tcp import TcpTransport
 from exo_core.transport.types import PeerEvent
@@ -39,8 +40,8 @@ def make(node_id: str, *, key: str | None = None, **overrides: Any) -> TcpTransp
 
 
 @asynccontextmanager
-async def running(*transports: TcpTransport) -> AsyncIterator[None]:
-    """Run transports in a task group for the duration of the block."""
+async def running(*transports: Transport) -> AsyncIterator[None]:
+    """Run transports (TCP or memory) in a task group for the duration of the block."""
     async with anyio.create_task_group() as tg:
         for t in transports:
             await tg.start(t.run)

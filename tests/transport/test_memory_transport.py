@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +35,6 @@ from .conftest import Events, make, running, wait_until
 CTX = RequestContext("req-1", "a", "m", (Stage("a", 0, 1), Stage("b", 2, 3)))
 
 
-@asynccontextmanager
-async def started(*transports: Transport) -> AsyncIterator[None]:
-    async with anyio.create_task_group() as tg:
-        for t in transports:
-            await tg.start(t.run)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
-
-
 async def echo(incoming: Incoming) -> RoutedMessage | None:
     return incoming.message
 
@@ -68,7 +55,7 @@ class Inbox:
 async def test_both_implementations_satisfy_the_contract() -> None:
     net = MemoryNetwork()
     memory, tcp = net.transport("m"), make("t")
-    async with started(memory), running(tcp):
+    async with running(memory), running(tcp):
         assert isinstance(memory, Transport) and isinstance(tcp, Transport)
         assert memory.port == 1 and memory.advertised_address == f"{HOST}:1"
     assert memory.advertised_address == ""
@@ -84,7 +71,7 @@ async def test_a_link_comes_up_when_both_ends_run_and_carries_messages_through_t
     inbox = Inbox(b, FrameType.TENSOR)
     net.link("a", "b")
     assert not net.linked("a", "b")  # nobody runs yet
-    async with started(a, b):
+    async with running(a, b):
         assert net.linked("a", "b")
         assert ev_a.kinds("b") == ["up"] and ev_b.kinds("a") == ["up"]
         assert a.peers["b"].capabilities == {"memory": 2048, "chip": "test"} and a.peers["b"].dialed
@@ -109,7 +96,7 @@ async def test_requests_replies_and_errors_both_ways() -> None:
     a.on(FrameType.FINISH, echo)
     b.on(FrameType.TOKEN, broken)
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         assert await a.request("b", Finish("r1", "stop"), timeout=2) == Finish("r1", "stop")
         assert await b.request("a", Finish("r2", "stop"), timeout=2) == Finish("r2", "stop")
         assert isinstance(await a.request("b", Ping(7), timeout=2), Pong)  # answered by the transport
@@ -132,7 +119,7 @@ async def test_a_request_without_reply_times_out() -> None:
 
     b.on(FrameType.FINISH, stuck)
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         with anyio.fail_after(5), pytest.raises(RequestTimeoutError, match=r"within 0\.1s"):
             await a.request("b", Finish("r", "stop"), timeout=0.1)
 
@@ -142,7 +129,7 @@ async def test_each_direction_is_fifo_even_with_latency() -> None:
     a, b = net.transport("a"), net.transport("b")
     inbox = Inbox(b, FrameType.FINISH)
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         for i in range(200):
             await a.send("b", Finish(f"r{i}", "stop"))
         await wait_until(lambda: len(inbox.items) == 200)
@@ -153,7 +140,7 @@ async def test_sending_to_a_node_that_is_not_a_peer_fails_fast() -> None:
     net = MemoryNetwork()
     a, b, c = net.transport("a"), net.transport("b"), net.transport("c")
     net.link("a", "b")
-    async with started(a, b, c):
+    async with running(a, b, c):
         with pytest.raises(PeerUnavailableError, match=r"no connection to peer c \(connected: b\)"):
             await a.send("c", Finish("r", "stop"))
         with pytest.raises(PeerUnavailableError):
@@ -172,7 +159,7 @@ async def test_a_cut_link_tells_both_sides_and_fails_waiting_requests() -> None:
     b.on(FrameType.FINISH, stuck)
     ev_a, ev_b = Events(a), Events(b)  # type: ignore[arg-type]
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         failed: list[BaseException] = []
 
         async def ask() -> None:
@@ -212,7 +199,7 @@ async def test_relaying_along_a_line() -> None:
     c.on(FrameType.FINISH, echo)
     inbox = Inbox(c, FrameType.TOKEN)
     net.line("a", "b", "c")
-    async with started(a, b, c):
+    async with running(a, b, c):
         assert set(a.peers) == {"b"} and set(c.peers) == {"b"}
         await a.send("b", Token(CTX, 0, 0, 9), dst="c")
         await wait_until(lambda: len(inbox.items) == 1)
@@ -240,7 +227,7 @@ async def test_a_vanished_node_is_down_for_everyone_and_its_transport_stops() ->
         await c.run()
         stopped.set()
 
-    async with started(a, b):
+    async with running(a, b):
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_c)
             await wait_until(lambda: set(a.peers) == {"b", "c"})
@@ -254,17 +241,17 @@ async def test_a_vanished_node_is_down_for_everyone_and_its_transport_stops() ->
             await c.run()
         # the same node id comes back as a new process: a link to it comes up again
         c2 = net.transport("c")
-        async with started(c2):
+        async with running(c2):
             assert set(a.peers) == {"b", "c"} and a.peers["c"].instance != ev_a.items[0].peer.instance
 
 
 async def test_keep_and_forget_serve_discovery() -> None:
     net = MemoryNetwork()
     a, b = net.transport("a"), net.transport("b")
-    async with started(a):
+    async with running(a):
         a.keep(*net.address("b"))  # not running yet: linked once it is
         assert a.peers == {}
-        async with started(b):
+        async with running(b):
             assert set(a.peers) == {"b"} and a.peers["b"].dialed
             a.forget(*net.address("b"))
             assert a.peers == {} and b.peers == {}
@@ -284,7 +271,7 @@ async def test_a_frame_over_the_limit_drops_the_link(caplog: pytest.LogCaptureFi
     a, b = net.transport("a"), net.transport("b")
     ev_a = Events(a)  # type: ignore[arg-type]
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         with caplog.at_level(logging.WARNING, "exo_core.transport.memory"):
             big = TensorMessage(CTX, 0, 0, Tensor.from_numpy(np.zeros((1, 1024), np.float32)))
             await a.send("b", big)
@@ -328,7 +315,7 @@ async def test_the_example_transport_of_the_plugin_docs_honours_the_contract(
     a, b = doc_example["CountingTransport"](net.transport("a")), net.transport("b")
     inbox = Inbox(b, FrameType.FINISH)
     net.link("a", "b")
-    async with started(a, b):
+    async with running(a, b):
         assert isinstance(a, Transport) and a.node_id == "a" and set(a.peers) == {"b"}
         await a.send("b", Finish("r", "stop"))
         await wait_until(lambda: len(inbox.items) == 1)
