@@ -69,6 +69,11 @@ class CoreSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="require 'Authorization: Bearer KEY' on the API's /v1/ routes"
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="a file of API keys, one 'name key' per line (# comments): any of them opens the /v1/ "
+        "routes, and each name is a client with its own share of the API's slots (--api-client-share)",
+    )
     api_allowed_hosts: str = Field(
         "",
         description="Host names the API answers to besides loopback ones, comma-separated (name or "
@@ -84,6 +89,13 @@ class CoreSettings(BaseSettings):
     )
     api_max_queued: int = Field(
         32, ge=0, description="requests waiting for an API slot; beyond, 429 with Retry-After"
+    )
+    api_client_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="the share of --api-max-in-flight and --api-max-queued one client may hold (a client is "
+        "an API key's name, else an address), so one client's flood leaves room for the others; 1: no limit",
     )
     api_max_connections: int = Field(
         512,

@@ -36,6 +36,11 @@ def _peers(tmp: Path, content: object) -> str:
     return str(path)
 
 
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
 def _manual(tmp: Path, content: object) -> list[str]:
     return ["--discovery-module", "manual", "--discovery-config-path", _peers(tmp, content)]
 
@@ -74,6 +79,11 @@ CASES: dict[str, Callable[[Path], tuple[list[str], dict[str, str], list[str]]]] 
         ["-p", "no:discovery_manual", "--discovery-module", "manual"],
         {},
         ["exo-discovery-manual is installed", "-p no:discovery_manual", "blocked"],
+    ),
+    "API keys file with a bad line": lambda t: (
+        [*_manual(t, {"peers": {}}), "--api-keys-file", _write(t / "keys", "alice sk-1\nbob\n")],
+        {},
+        ["--api-keys-file", "line 2", "expected 'name key'"],
     ),
     "direct discovery without a peer": lambda t: (
         ["--discovery-module", "direct"],

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exo_core.api import formats
 from exo_core.api.backend import BackendError, ChatBackend
 from exo_core.api.errors import APIError, api_error_handler, http_exception_handler, internal_error_handler
+from exo_core.api.keys import SINGLE_KEY_NAME, APIKeyMiddleware
 from exo_core.api.metrics import Metrics, MetricsMiddleware, metrics_route
 from exo_core.api.origin import OriginMiddleware, parse_allowed_hosts, parse_cors_origins
 from exo_core.api.routes import Limits, OpenAIRoutes
@@ -45,11 +45,13 @@ def create_app(
     backend: ChatBackend,
     *,
     api_key: str | None = None,
+    api_keys: Mapping[str, str] | None = None,
     idle_timeout: float | None = 300.0,
     max_body_bytes: int = 8 * 1024 * 1024,
     body_timeout: float | None = 30.0,
     max_in_flight: int = 8,
     max_queued: int = 32,
+    client_share: float = 0.75,
     bind_host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
@@ -60,12 +62,16 @@ def create_app(
         backend: what generates tokens and knows the cluster.
         api_key: when set, every ``/v1/`` route requires ``Authorization: Bearer <api_key>`` (401 otherwise);
             ``/healthcheck`` and the page itself stay open (the page asks the user for the key).
+        api_keys: more accepted keys, each with its client's name (``{key: name}``,
+            :func:`exo_core.api.keys.load_api_keys`); a key's name is its client for admission.
         idle_timeout: longest wait in seconds for the backend's next event (``None``: unbounded); past
             it the request is cancelled and fails with 504.
         max_body_bytes: largest accepted request body (413 beyond).
         body_timeout: longest time in seconds a request body may take to arrive (408 beyond).
         max_in_flight: generating requests served at once (:class:`~exo_core.api.admission.Admission`).
         max_queued: requests waiting for a generation slot; beyond, 429 with ``Retry-After``.
+        client_share: the fraction of those slots and queue places one client (an API key's name, else an
+            address) may hold, so others always find room.
         bind_host: the address the server listens on: bound to loopback, requests must name a loopback
             host (or one of ``allowed_hosts``) in ``Host`` (:mod:`exo_core.api.origin`).
         allowed_hosts: further ``Host`` names accepted (``name`` or ``name:port``; ``*``: any), e.g. a
@@ -87,6 +93,7 @@ def create_app(
         body_timeout=body_timeout,
         max_in_flight=max_in_flight,
         max_queued=max_queued,
+        client_share=client_share,
     )
     metrics = Metrics()
     openai = OpenAIRoutes(backend, limits, metrics)
@@ -121,8 +128,9 @@ def create_app(
             OriginMiddleware, bind_host=bind_host, allowed_hosts=allowed_hosts, cors_origins=cors_origins
         ),
     ]
-    if api_key:
-        middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
+    keys = {**(api_keys or {}), **({api_key: SINGLE_KEY_NAME} if api_key else {})}
+    if keys:
+        middleware.append(Middleware(APIKeyMiddleware, keys=keys))
     return Starlette(
         routes=routes,
         middleware=middleware,
@@ -203,44 +211,6 @@ class _InfoRoutes:
             body = {"status": "error", "error": exc.message}
         body.setdefault("status", "ok")
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-
-class APIKeyMiddleware:
-    """Requires ``Authorization: Bearer <api_key>`` on ``/v1/`` routes; answers 401 in OpenAI format.
-
-    Args:
-        app: the wrapped app.
-        api_key: the expected key (compared in constant time).
-    """
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self._app = app
-        self._key = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
-            await self._app(scope, receive, send)
-            return
-        auth = ""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                auth = value.decode("latin-1")
-                break
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._key):
-            await self._app(scope, receive, send)
-            return
-        reason = "no API key given" if not auth else "incorrect API key"
-        client = scope.get("client") or ("?", 0)
-        log.warning("%s %s from %s -> 401 (%s)", scope.get("method"), path, client[0], reason)
-        error = APIError(
-            401,
-            f"{reason}: send the node's --api-key as 'Authorization: Bearer <key>'",
-            code="invalid_api_key",
-        )
-        response = error.response(headers={"www-authenticate": "Bearer"})
-        await response(scope, receive, send)
 
 
 async def _index_page(scope: Scope, receive: Receive, send: Send) -> None:

@@ -23,6 +23,7 @@ from exo_core.api.backend import ChatBackend
 from exo_core.api.errors import APIError
 from exo_core.api.formats import ResponseMeta
 from exo_core.api.generation import Generation
+from exo_core.api.keys import client_of
 from exo_core.api.metrics import Metrics
 from exo_core.api.parsing import read_json_object, resolve_model, validate
 from exo_core.api.responses import GenerationResponse, ResponseWriter
@@ -41,6 +42,7 @@ class Limits:
         body_timeout: longest time (s) a request body may take to arrive (408 beyond).
         max_in_flight: requests generating at once (:class:`~exo_core.api.admission.Admission`).
         max_queued: requests waiting for a slot; beyond, 429 with ``Retry-After``.
+        client_share: the fraction of the slots and of the queue one client may hold.
     """
 
     idle_timeout: float | None = 300.0
@@ -48,6 +50,7 @@ class Limits:
     body_timeout: float | None = 30.0
     max_in_flight: int = 8
     max_queued: int = 32
+    client_share: float = 0.75
 
 
 class OpenAIRoutes:
@@ -57,14 +60,14 @@ class OpenAIRoutes:
         self._backend = backend
         self._limits = limits
         self._metrics = metrics
-        self.admission = Admission(limits.max_in_flight, limits.max_queued)
+        self.admission = Admission(limits.max_in_flight, limits.max_queued, client_share=limits.client_share)
 
     async def _admitted(
-        self, writer: ResponseWriter, request_id: str, run: Callable[[], Awaitable[None]]
+        self, writer: ResponseWriter, request: Request, request_id: str, run: Callable[[], Awaitable[None]]
     ) -> None:
-        """``run()`` inside an admission slot; a 429 when the node is full."""
+        """``run()`` inside an admission slot of the request's client; a 429 when the node is full."""
         try:
-            async with self.admission.slot(request_id):
+            async with self.admission.slot(request_id, client_of(request.scope)):
                 await run()
         except APIError as exc:
             if writer.started:
@@ -115,7 +118,7 @@ class OpenAIRoutes:
                     await _complete_chat(writer, gen, env, req)
 
         async def produce(writer: ResponseWriter) -> None:
-            await self._admitted(writer, request_id, lambda: run(writer))
+            await self._admitted(writer, request, request_id, lambda: run(writer))
 
         return GenerationResponse(produce, request_id)
 
@@ -138,7 +141,7 @@ class OpenAIRoutes:
                 await _run_completion(writer, gen, env, req)
 
         async def produce(writer: ResponseWriter) -> None:
-            await self._admitted(writer, request_id, lambda: run(writer))
+            await self._admitted(writer, request, request_id, lambda: run(writer))
 
         return GenerationResponse(produce, request_id)
 

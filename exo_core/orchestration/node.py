@@ -239,15 +239,19 @@ class Node:
             if api:
                 from exo_core.api import create_app, serve_api
                 from exo_core.api.http_guard import ConnectionLimits
+                from exo_core.api.keys import load_api_keys
                 from exo_core.api.origin import split_list
 
                 key = self.core.api_key.get_secret_value() if self.core.api_key else None
+                keys_file = self.core.api_keys_file
                 app = create_app(
                     self.backend,
                     api_key=key,
+                    api_keys=load_api_keys(keys_file) if keys_file is not None else None,
                     body_timeout=self.core.api_body_timeout,
                     max_in_flight=self.core.api_max_in_flight,
                     max_queued=self.core.api_max_queued,
+                    client_share=self.core.api_client_share,
                     bind_host=self.core.chatgpt_api_host,
                     allowed_hosts=split_list(self.core.api_allowed_hosts),
                     cors_origins=split_list(self.core.api_cors_origins),

@@ -33,7 +33,7 @@ class NumpyEngine:
         initial_cache: positions preallocated per request before the cache grows by doubling.
     """
 
-    def __init__(self, *, weights: str = "auto", max_context: int = 0, initial_cache: int = 256) -> None:
+    def __init__(self, *, weights: str = "auto", max_context: int = 0, initial_cache: int = 64) -> None:
         if max_context < 0 or initial_cache < 1:
             raise ValueError("max_context must be >= 0 and initial_cache >= 1")
         if weights not in ("auto", "float32", "quantized"):

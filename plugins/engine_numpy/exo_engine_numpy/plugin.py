@@ -28,7 +28,7 @@ class NumpyEngineSettings(BaseSettings):
         "always (float matrices become 8-bit blocks at load)",
     )
     max_context: int = Field(0, ge=0, description="max positions per request (0: the model's context length)")
-    initial_cache: int = Field(256, ge=1, description="positions preallocated per request's KV cache")
+    initial_cache: int = Field(64, ge=1, description="positions preallocated per request's KV cache")
 
 
 def build(ctx: ComponentContext) -> NumpyEngine:
