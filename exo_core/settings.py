@@ -100,8 +100,8 @@ class CoreSettings(BaseSettings):
     api_max_connections: int = Field(
         512,
         ge=1,
-        description="open HTTP connections at most; beyond, the oldest one still waiting for its request "
-        "is closed (503 when all are busy)",
+        description="open HTTP connections at most; beyond, the oldest one that has waited over 1 s for its "
+        "request is closed (else the new one gets 503)",
     )
     api_header_timeout: float = Field(
         10.0, gt=0, description="seconds an HTTP client gets to send a request's headers"

@@ -21,7 +21,7 @@ import pytest
 from exo_core.api import create_app, serve_api
 from exo_core.api.admission import Admission
 from exo_core.api.errors import APIError
-from exo_core.api.http_guard import ConnectionLimits
+from exo_core.api.http_guard import EVICT_AFTER, ConnectionLimits
 
 from .support import Call, FakeBackend, Script, running_api
 
@@ -134,6 +134,7 @@ async def test_connection_cap_evicts_the_oldest_idle_connection_not_a_request() 
     limits = ConnectionLimits(header_timeout=30, max_connections=20)
     async with guarded_api(backend, limits) as (url, port):
         idle = await anyio.to_thread.run_sync(open_raw, port, 20, b"")
+        await anyio.sleep(EVICT_AFTER + 0.2)  # only a connection idle for that long gives way
         try:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 # a real request at the cap: an idle connection gives way, the request is served
@@ -144,6 +145,29 @@ async def test_connection_cap_evicts_the_oldest_idle_connection_not_a_request() 
             assert closed >= 1
         finally:
             for s in idle:
+                s.close()
+
+
+async def test_connection_cap_never_evicts_a_connection_that_just_arrived() -> None:
+    """In a burst, a connection opened a moment ago may have sent its request unread: the newcomer gets the
+    503 instead, and the young connection is still served."""
+    limits = ConnectionLimits(header_timeout=30, max_connections=3)
+    async with guarded_api(FakeBackend(), limits) as (_url, port):
+        young = await anyio.to_thread.run_sync(open_raw, port, 3, b"")
+        try:
+            await anyio.sleep(0.2)
+            newcomer = await anyio.to_thread.run_sync(open_raw, port, 1, b"")
+            try:
+                closed, answers = await anyio.to_thread.run_sync(closed_by_server, newcomer, 3.0)
+            finally:
+                newcomer[0].close()
+            assert closed == 1 and answers and answers[0].startswith(b"HTTP/1.1 503")
+            for s in young:
+                s.sendall(b"GET /healthcheck HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            _closed, answers = await anyio.to_thread.run_sync(closed_by_server, young, 3.0)
+            assert len(answers) == 3 and all(a.startswith(b"HTTP/1.1 200") for a in answers)
+        finally:
+            for s in young:
                 s.close()
 
 
