@@ -31,9 +31,10 @@ from exo_core.transport.settings import TransportSettings
 
 _IOV_MAX = 512
 _KEEPALIVE = encode_bytes(Ping(0))
-#: What one queued buffer costs beyond its bytes (the memoryview and the object it views): counted in the
-#: write backlog, so that a flood of tiny replies is bounded by the memory it really takes.
-BUFFER_OVERHEAD = 256
+#: What one queued buffer counts in the write backlog beyond its bytes. A flood of tiny replies is bounded by
+#: the work it cost, not only by their memory (~256 B each with the memoryview and the object it views):
+#: under the default 4 MiB bound at most ~1,000 unread replies wait before the peer is no longer read.
+BUFFER_OVERHEAD = 4096
 
 
 @dataclass(eq=False)

@@ -13,6 +13,8 @@ import pytest
 
 from exo_core.protocol import Envelope, Hello, Ping, Pong, Ready, encode_bytes
 from exo_core.transport.ping import ping
+from exo_core.transport.sock import UNSENT_LIMIT
+from exo_core.transport.writer import BUFFER_OVERHEAD
 
 from .conftest import make, rss_bytes, running, wait_until
 
@@ -73,7 +75,7 @@ async def test_ping_flood_without_reading_is_bounded_and_closed(caplog: pytest.L
             sock.close()
         assert closed, f"still open after {sent} bytes of PINGs"
         assert peak_backlog > LIMIT // 2  # the flood did fill the queue...
-        assert peak_backlog <= LIMIT + 1024, peak_backlog  # ...up to the bound, not beyond
+        assert peak_backlog <= LIMIT + BUFFER_OVERHEAD + 1024, peak_backlog  # ...to the bound and one reply
         assert peak_rss - rss0 < 32 << 20, (peak_rss - rss0) >> 20
         assert worst_rtt < 1.0  # the other peer never waited behind the flood
         await wait_until(
@@ -85,3 +87,17 @@ async def test_ping_flood_without_reading_is_bounded_and_closed(caplog: pytest.L
         )
         assert "good" in b.peers
         assert (await ping("127.0.0.1", b.port, count=1, timeout=2)).node_id == "b"
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="no TCP_NOTSENT_LOWAT here")
+async def test_both_ends_bound_what_the_kernel_holds_unsent() -> None:
+    """Dialed and accepted sockets alike: a peer that does not read parks little in the kernel, so the
+    write backlog (and with it backpressure) starts early."""
+    b, a = make("b"), make("a")
+    async with running(a, b):
+        await a.dial("127.0.0.1", b.port)
+        await wait_until(lambda: bool(b._conns) and bool(a._conns))
+        socks = [c.sock for t in (a, b) for c in t._conns]
+        assert len(socks) == 2
+        for s in socks:
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == UNSENT_LIMIT
