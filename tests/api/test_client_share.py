@@ -12,7 +12,7 @@ import pytest
 
 from exo_core.api.admission import Admission
 from exo_core.api.errors import APIError
-from exo_core.api.keys import load_api_keys
+from exo_core.api.keys import CLIENT_SCOPE_KEY, client_of, load_api_keys
 from exo_core.errors import ConfigError
 
 from .support import FakeBackend, Script, running_api
@@ -187,3 +187,11 @@ async def test_each_named_key_is_its_own_client_over_http() -> None:
     statuses = {name: status for name, (status, _) in results.items()}
     assert statuses == {"alice1": 200, "alice2": 200, "bob": 200}
     assert results["alice2"][1] > results["alice1"][1]  # it waited for alice's first to end
+
+
+def test_a_client_is_its_key_name_else_its_address() -> None:
+    keyed = {"type": "http", "client": ("127.0.0.2", 5000), CLIENT_SCOPE_KEY: "alice"}
+    assert client_of(keyed) == "key:alice"
+    assert client_of({"type": "http", "client": ("127.0.0.2", 5000)}) == "addr:127.0.0.2"
+    assert client_of({"type": "http", "client": ("127.0.0.2", 6000)}) == "addr:127.0.0.2"  # any port
+    assert client_of({"type": "http", "client": None}) == "addr:?"
