@@ -5,12 +5,18 @@
 NumPy views, string arrays lists of ``str``), memory-maps the file, and hands out raw tensor bytes that
 ``gguf.quants.dequantize`` turns into float32. Opened files are cached per (path, size, mtime), so a node pays
 the parse once however many components ask for it.
+
+An engine that has copied what it needs out of the file calls :meth:`GGUFFile.release_pages`: the pages it
+read stay in the OS page cache, but no longer count in the process's resident memory (for the default model
+~93 MB of a ~300 MB node after its quantized load).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +74,11 @@ class GGUFFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._map = np.memmap(path, dtype=np.uint8, mode="r")
+            with open(path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
             raise ModelFormatError(f"cannot open GGUF file {path}: {exc}") from exc
+        self._map = np.frombuffer(self._mmap, dtype=np.uint8)  # read-only, like the mapping
         self.metadata: dict[str, Any] = {}
         self.tensors: dict[str, GGUFTensorInfo] = {}
         try:
@@ -145,6 +153,14 @@ class GGUFFile:
                 items.append(item)
             return items, pos
         raise ModelFormatError(f"{self.path}: unknown GGUF metadata value type {vtype}")
+
+    def release_pages(self) -> None:
+        """Drop the file's pages from this process's resident set (``MADV_DONTNEED``; the data stays valid:
+        a later read maps the pages in again from the page cache or the disk)."""
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is not None:
+            with contextlib.suppress(OSError, ValueError):  # not supported here: the pages simply stay
+                self._mmap.madvise(advice)
 
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of tensor ``name`` as a read-only uint8 view shaped ``(..., bytes_per_row)``."""

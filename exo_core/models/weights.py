@@ -122,6 +122,10 @@ class WeightReader(Protocol):
     def stored(self, name: str) -> StoredTensor | None:
         """Tensor ``name`` as stored (GGUF blocks), or ``None`` when the format holds plain floats."""
 
+    def release(self) -> None:
+        """The caller has copied what it needs: let go of the file pages read so far, so they stop counting
+        in the process's resident memory (reads after it still work; a no-op where nothing stays mapped)."""
+
 
 @dataclass(frozen=True)
 class StoredTensor:
@@ -201,6 +205,9 @@ class GGUFWeights:
         heads = self._permuted_heads(name)
         order = None if heads is None else unpermute_qk(np.arange(info.shape[0]), heads)
         return StoredTensor(self._file.raw(info.name), info.qtype, info.shape, order)
+
+    def release(self) -> None:
+        self._file.release_pages()
 
     def _permuted_heads(self, name: str) -> int | None:
         """Heads of a q/k tensor whose rows llama.cpp's converter permuted, else ``None``."""
@@ -297,6 +304,9 @@ class SafetensorsWeights:
     def rows(self, name: str) -> RowLookup:
         data, dtype = self._mapped(name)
         return RowLookup(data, lambda raw: _to_f32(raw, dtype), (data.shape[0], data.shape[1]))
+
+    def release(self) -> None:
+        """Nothing to do: each tensor is mapped only while it is read (a row lookup maps its own table)."""
 
     def stored(self, name: str) -> None:
         return None

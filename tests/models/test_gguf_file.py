@@ -131,3 +131,32 @@ def test_corrupt_files_give_clear_errors(
         GGUFFile(truncated)
     with pytest.raises(ModelFormatError, match="cannot open"):
         open_gguf(tmp_path / "missing.gguf")
+
+
+def _mapping_rss_kb(address: int) -> int:
+    """Resident KiB of the mapping holding ``address`` (``/proc/self/smaps``)."""
+    inside = False
+    with open("/proc/self/smaps", encoding="utf-8") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                start, _, end = head.partition("-")
+                inside = int(start, 16) <= address < int(end, 16)
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_release_pages_drops_the_read_pages_and_reads_still_work(default_source: ModelSource) -> None:
+    path = Path(default_source.path).resolve()
+    f = GGUFFile(path)  # not the cached one: this test owns the mapping
+    name = max(f.tensors, key=lambda n: f.tensors[n].nbytes)
+    before = f.raw(name).copy()
+    read = int(sum(int(f.raw(n).sum(dtype=np.uint64)) for n in f.tensors))  # every page once
+    address = f.raw(name).ctypes.data
+    assert _mapping_rss_kb(address) > 0.9 * path.stat().st_size / 1024
+    f.release_pages()
+    assert _mapping_rss_kb(address) < 1024
+    np.testing.assert_array_equal(f.raw(name), before)  # the data is read again, unchanged
+    assert read == int(sum(int(f.raw(n).sum(dtype=np.uint64)) for n in f.tensors))

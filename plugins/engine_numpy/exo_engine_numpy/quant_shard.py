@@ -187,6 +187,7 @@ class QuantShard(ShardRange):
             self.embed_nbytes = 0 if tied else self.embed.nbytes
         inv_freq = rope_inv_freq(cfg, reader.get("rope_freqs") if "rope_freqs" in wanted else None)
         self.rope = RopeTable(inv_freq, min(1024, cfg.context_length))
+        reader.release()  # the kernels hold their own copies; an embedding lookup maps in only its rows
         if weights.requantized:
             log.warning(
                 "%d matrices of %s quantized to 8-bit blocks at load (e.g. %s): no exact kernel for "

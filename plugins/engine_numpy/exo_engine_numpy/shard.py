@@ -102,6 +102,7 @@ def load_shard_weights(source: ModelSource, first: int, last: int) -> ShardWeigh
         else:
             out.embed = reader.rows("embed")
     out.inv_freq = rope_inv_freq(config, reader.get("rope_freqs") if "rope_freqs" in wanted else None)
+    reader.release()  # everything is copied out; an embedding lookup maps in only the rows it reads
     return out
 
 
