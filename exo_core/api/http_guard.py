@@ -24,10 +24,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from exo_core.ratelog import RateLimitedLog
 
 log = logging.getLogger("exo_core.api")
 
@@ -65,28 +66,10 @@ class ConnectionLimits:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
-class _RateLimitedLog:
-    """One WARNING per ``interval`` seconds at most, counting what it held back."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self._interval = interval
-        self._last = -float("inf")
-        self._held = 0
-
-    def warning(self, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._held += 1
-            return
-        held, self._held, self._last = self._held, 0, now
-        suffix = f" ({held} more like it in the last {self._interval:g} s)" if held else ""
-        log.warning(msg + suffix, *args)
-
-
 def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol class with ``limits`` applied (pass it as ``uvicorn.Config(http=...)``)."""
-    evictions = _RateLimitedLog()
-    timeouts = _RateLimitedLog()
+    evictions = RateLimitedLog(10.0, time.monotonic)
+    timeouts = RateLimitedLog(10.0, time.monotonic)
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -98,6 +81,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             super().connection_made(transport)
             if len(self.connections) > limits.max_connections and not self._evict_one():
                 evictions.warning(
+                    log,
                     "HTTP connection from %s refused: %d connections open, all busy (cap %d)",
                     _peer(self.client),
                     len(self.connections) - 1,
@@ -148,6 +132,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
                 return
             if self._partial:
                 timeouts.warning(
+                    log,
                     "HTTP connection from %s closed: request headers not complete within %g s",
                     _peer(self.client),
                     limits.header_timeout,
@@ -172,6 +157,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
             if oldest is None:
                 return False
             evictions.warning(
+                log,
                 "HTTP connection cap (%d) reached: closed the oldest connection waiting for its request "
                 "(from %s, idle %.1f s)",
                 limits.max_connections,

@@ -13,7 +13,6 @@ connections of the address that must give way, those that have sent nothing go f
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 
 from exo_core.transport.connection import Connection
 
@@ -74,27 +73,3 @@ class HandshakeBudget:
                 if first is None:
                     first = conn
         return first
-
-
-class RateLimitedLog:
-    """Calls ``emit(suppressed)`` at most once per ``interval`` seconds; counts the calls it swallowed.
-
-    Args:
-        interval: seconds between two emitted lines.
-        clock: the time source.
-    """
-
-    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._last: float | None = None
-        self._suppressed = 0
-
-    def __call__(self, emit: Callable[[int], None]) -> None:
-        now = self._clock()
-        if self._last is not None and now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        self._last = now
-        suppressed, self._suppressed = self._suppressed, 0
-        emit(suppressed)

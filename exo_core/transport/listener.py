@@ -22,7 +22,8 @@ from anyio.abc import TaskGroup
 from exo_core.protocol.codec import encode
 from exo_core.protocol.control import Error
 from exo_core.protocol.errors import ErrorCode
-from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
+from exo_core.ratelog import RateLimitedLog
+from exo_core.transport.admission import HandshakeBudget
 from exo_core.transport.connection import Connection
 from exo_core.transport.errors import ConnectionClosedError
 from exo_core.transport.settings import TransportSettings

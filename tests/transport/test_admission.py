@@ -10,8 +10,9 @@ import textwrap
 import anyio
 import pytest
 
+from exo_core.ratelog import RateLimitedLog
 from exo_core.settings import CoreSettings
-from exo_core.transport.admission import HandshakeBudget, RateLimitedLog
+from exo_core.transport.admission import HandshakeBudget
 from exo_core.transport.connection import Connection
 from exo_core.transport.ping import PingError, ping, run_ping_cli
 from exo_core.transport.settings import TransportSettings
