@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from exo_core.api import formats
 from exo_core.api.backend import BackendError, ChatBackend
 from exo_core.api.errors import APIError, api_error_handler, http_exception_handler, internal_error_handler
-from exo_core.api.keys import SINGLE_KEY_NAME, APIKeyMiddleware
+from exo_core.api.keys import APIKeyMiddleware
 from exo_core.api.metrics import Metrics, MetricsMiddleware, metrics_route
 from exo_core.api.origin import OriginMiddleware, parse_allowed_hosts, parse_cors_origins
 from exo_core.api.routes import Limits, OpenAIRoutes
@@ -128,7 +128,7 @@ def create_app(
             OriginMiddleware, bind_host=bind_host, allowed_hosts=allowed_hosts, cors_origins=cors_origins
         ),
     ]
-    keys = {**(api_keys or {}), **({api_key: SINGLE_KEY_NAME} if api_key else {})}
+    keys: dict[str, str | None] = {**(api_keys or {}), **({api_key: None} if api_key else {})}
     if keys:
         middleware.append(Middleware(APIKeyMiddleware, keys=keys))
     return Starlette(

@@ -9,7 +9,8 @@ A node takes one key (``--api-key``) and/or a file of named keys (``--api-keys-f
 Every ``/v1/`` route then needs ``Authorization: Bearer <key>`` with one of them (401 otherwise). The key's
 name is the client's identity for admission (:mod:`exo_core.api.admission`: each client holds at most its
 share of the node's slots), so several people sharing one node through SSH tunnels, where every connection
-comes from 127.0.0.1, still get their own share. Without keys a client is its address.
+comes from 127.0.0.1, still get their own share. A request with the single ``--api-key``, or on a node
+without keys, is the client its address names (one key shared by everyone tells no one apart).
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ log = logging.getLogger("exo_core.api")
 
 #: The ASGI scope entry holding the name of the key a request authenticated with.
 CLIENT_SCOPE_KEY = "exo.client"
-
-#: The client name of the key given with ``--api-key``.
-SINGLE_KEY_NAME = "api-key"
 
 
 def load_api_keys(path: Path) -> dict[str, str]:
@@ -79,18 +77,19 @@ class APIKeyMiddleware:
 
     Args:
         app: the wrapped app.
-        keys: accepted keys and their client names (compared in constant time).
+        keys: accepted keys (compared in constant time), each with its client's name, or ``None`` for a key
+            that names no one (the single ``--api-key``: its requests are told apart by address).
     """
 
-    def __init__(self, app: ASGIApp, keys: Mapping[str, str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Mapping[str, str | None]) -> None:
         self._app = app
         self._keys = [(key.encode(), name) for key, name in keys.items()]
 
-    def _match(self, token: bytes) -> str | None:
-        found = None
+    def _match(self, token: bytes) -> tuple[bool, str | None]:
+        found: tuple[bool, str | None] = (False, None)
         for key, name in self._keys:  # every key is compared: the time does not tell which one was close
             if hmac.compare_digest(token, key):
-                found = name
+                found = (True, name)
         return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,9 +103,11 @@ class APIKeyMiddleware:
                 auth = value.decode("latin-1")
                 break
         scheme, _, token = auth.partition(" ")
-        name = self._match(token.strip().encode("latin-1")) if scheme.lower() == "bearer" else None
-        if name is not None:
-            await self._app({**scope, CLIENT_SCOPE_KEY: name}, receive, send)
+        ok, name = (
+            self._match(token.strip().encode("latin-1")) if scheme.lower() == "bearer" else (False, None)
+        )
+        if ok:
+            await self._app(scope if name is None else {**scope, CLIENT_SCOPE_KEY: name}, receive, send)
             return
         reason = "no API key given" if not auth else "incorrect API key"
         client = scope.get("client") or ("?", 0)

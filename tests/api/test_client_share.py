@@ -195,3 +195,34 @@ def test_a_client_is_its_key_name_else_its_address() -> None:
     assert client_of({"type": "http", "client": ("127.0.0.2", 5000)}) == "addr:127.0.0.2"
     assert client_of({"type": "http", "client": ("127.0.0.2", 6000)}) == "addr:127.0.0.2"  # any port
     assert client_of({"type": "http", "client": None}) == "addr:?"
+
+
+async def test_with_the_single_api_key_clients_are_told_apart_by_address() -> None:
+    """Everyone sends the same --api-key: it names no one, so two hosts (127.0.0.1 and 127.0.0.2) each get
+    their own share."""
+    gate = anyio.Event()
+    backend = FakeBackend(lambda call: Script(tokens=[" x"], delay=0.0 if gate.is_set() else 1.0))
+    auth = {"authorization": "Bearer sk-single"}
+    other_host = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with (
+        running_api(backend, api_key="sk-single", max_in_flight=2, client_share=0.5) as url,
+        httpx.AsyncClient(base_url=url, timeout=10, headers=auth) as here,
+        httpx.AsyncClient(base_url=url, timeout=10, headers=auth, transport=other_host) as there,
+    ):
+        statuses: list[int] = []
+
+        async def post(client: httpx.AsyncClient) -> None:
+            statuses.append((await client.post("/v1/chat/completions", json={"messages": MSG})).status_code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post, here)
+            with anyio.fail_after(5):
+                await backend.first_call()
+            tg.start_soon(post, here)
+            await anyio.sleep(0.2)
+            assert len(backend.calls) == 1  # this host's share is one slot: its second request waits
+            tg.start_soon(post, there)
+            await anyio.sleep(0.2)
+            assert len(backend.calls) == 2  # the other host took the free slot at once
+            gate.set()
+    assert statuses == [200, 200, 200]
