@@ -10,8 +10,9 @@ What is counted (every name starts with ``exo_``):
 - ``exo_time_to_first_token_seconds`` and ``exo_generation_seconds``: histograms;
 - ``exo_requests_generating``, ``exo_requests_queued``: the admission slots in use and the queue now;
 - from the backend's health: ``exo_peers``, ``exo_cluster_nodes`` (gauges), ``exo_failovers_total``, the
-  loaded shards' ``exo_engine_weights_bytes`` and ``exo_engine_kv_cache_bytes``, and ``exo_peer_up{peer}``
-  (1 for each directly connected peer).
+  loaded shards' ``exo_engine_weights_bytes`` and ``exo_engine_kv_cache_bytes``, ``exo_peer_up{peer}``
+  (1 for each directly connected peer) and ``exo_peer_rtt_seconds{peer}`` (the last PING round trip to it,
+  :mod:`exo_core.orchestration.latency`).
 
 No dependency: the format is a few lines of text. The endpoint is outside ``/v1`` (no API key), like
 ``/healthcheck``.
@@ -130,6 +131,13 @@ class Metrics:
                 "# HELP exo_peer_up Directly connected peers (1 per connected peer id).",
                 "# TYPE exo_peer_up gauge",
                 *(f'exo_peer_up{{peer="{_label(p)}"}} 1' for p in peers),
+            ]
+        rtt = health.get("peer_rtt_seconds")
+        if isinstance(rtt, dict) and rtt:
+            lines += [
+                "# HELP exo_peer_rtt_seconds Last PING round trip to each direct peer (every 10 s).",
+                "# TYPE exo_peer_rtt_seconds gauge",
+                *(f'exo_peer_rtt_seconds{{peer="{_label(p)}"}} {s:.6f}' for p, s in sorted(rtt.items())),
             ]
         return "\n".join(lines) + "\n"
 

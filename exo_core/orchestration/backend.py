@@ -65,6 +65,7 @@ class NodeBackend:
         engine_name: str = "",
         shards: Callable[[], list[dict[str, object]]] | None = None,
         failover_retries: int = 2,
+        peer_rtt: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.cluster = cluster
         self.catalog = catalog
@@ -75,6 +76,7 @@ class NodeBackend:
         self.token_timeout = token_timeout
         self.engine_name = engine_name
         self._shards = shards
+        self._peer_rtt = peer_rtt
         self.failover = Failover(cluster, failover_retries)
         #: set when the node is shutting down: new requests get 503 (see :meth:`Node.drain`)
         self.draining = False
@@ -114,6 +116,7 @@ class NodeBackend:
             "weights_bytes": sum(_int(s.get("weights_bytes")) for s in shards),
             "kv_cache_bytes": sum(_int(s.get("kv_cache_bytes")) for s in shards),
             "peer_ids": sorted(self.cluster.own.neighbors),
+            "peer_rtt_seconds": self._peer_rtt() if self._peer_rtt is not None else {},
         }
 
     def topology(self) -> dict[str, Any]:

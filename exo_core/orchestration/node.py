@@ -21,6 +21,7 @@ from exo_core.engine import InferenceEngine
 from exo_core.orchestration.backend import NodeBackend
 from exo_core.orchestration.catalog import Catalog
 from exo_core.orchestration.gossip import Gossip
+from exo_core.orchestration.latency import PeerLatency
 from exo_core.orchestration.requests import RequestTracker
 from exo_core.orchestration.router import Router
 from exo_core.orchestration.shards import ShardHost
@@ -109,6 +110,7 @@ class Node:
         self.gossip = Gossip(
             self.cluster, transport, interval=gossip_interval, on_change=self._on_cluster_change
         )
+        self.latency = PeerLatency(self.cluster, transport)
         self.stages = StageRunner(
             node_id,
             self.shards,
@@ -127,6 +129,7 @@ class Node:
             failover_retries=core.failover_retries,
             engine_name=engine_name,
             shards=self.shards.describe,
+            peer_rtt=lambda: dict(self.latency.rtt),
         )
         self._router: Router | None = None
         self.api_port: int | None = None
@@ -232,6 +235,7 @@ class Node:
             self.cluster.set_address(self.transport.advertised_address)
             await tg.start(self.gossip.run)
             await tg.start(self.stages.sweep)
+            await tg.start(self.latency.run)
             if self.discovery is not None:
                 sink = _Sink(self.transport)
                 self.cluster.declared_source = sink.declared

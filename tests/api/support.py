@@ -140,6 +140,7 @@ class FakeBackend:
             "weights_bytes": 111_600_000,
             "kv_cache_bytes": 4096,
             "peer_ids": ['node-"b"'],
+            "peer_rtt_seconds": {'node-"b"': 0.00125},
         }
 
     def generate(

@@ -93,5 +93,7 @@ async def test_metrics_parse_with_prometheus_clients_own_parser() -> None:
     assert ttft[("exo_time_to_first_token_seconds_count", ())] == 3
     assert ttft[("exo_time_to_first_token_seconds_bucket", (("le", "+Inf"),))] == 3
     assert new["exo_peer_up"][1] == {("exo_peer_up", (("peer", 'node-"b"'),)): 1.0}  # the quote escaped
+    rtt = new["exo_peer_rtt_seconds"]
+    assert rtt == ("gauge", {("exo_peer_rtt_seconds", (("peer", 'node-"b"'),)): 0.00125})
     http = new["exo_http_requests"][1]
     assert http[("exo_http_requests_total", (("path", "/v1/chat/completions"), ("status", "200")))] == 3
