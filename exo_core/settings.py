@@ -95,7 +95,8 @@ class CoreSettings(BaseSettings):
         gt=0,
         le=1,
         description="the share of --api-max-in-flight and --api-max-queued one client may hold (a client is "
-        "an API key's name, else an address), so one client's flood leaves room for the others; 1: no limit",
+        "its key's name in --api-keys-file, else its address), so one client's flood leaves room for the "
+        "others; 1: no limit",
     )
     api_max_connections: int = Field(
         512,

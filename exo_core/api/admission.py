@@ -63,17 +63,20 @@ class Admission:
         self.retry_after = retry_after
         self.client_in_flight = max(1, int(client_share * max_in_flight))
         self.client_queued = max(1, int(client_share * max_queued)) if max_queued else 0
-        self.in_flight = 0
         self.refused = 0
-        self._held: Counter[str] = Counter()
-        self._waiters: dict[str, deque[_Waiter]] = {}
-        self._queued = 0
+        self._held: Counter[str] = Counter()  # client -> slots it holds
+        self._waiters: dict[str, deque[_Waiter]] = {}  # client -> its requests waiting, in order
         self._seq = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests generating now."""
+        return sum(self._held.values())
 
     @property
     def queued(self) -> int:
         """Requests waiting for a slot now."""
-        return self._queued
+        return sum(len(q) for q in self._waiters.values())
 
     @asynccontextmanager
     async def slot(self, request_id: str, client: str = "") -> AsyncIterator[None]:
@@ -97,16 +100,16 @@ class Admission:
         return self._held[client] < self.client_in_flight
 
     def _take(self, client: str) -> None:
-        self.in_flight += 1
         self._held[client] += 1
 
     async def _wait(self, request_id: str, client: str) -> None:
         mine = self._waiters.get(client)
-        if self._queued >= self.max_queued or (mine is not None and len(mine) >= self.client_queued):
+        queued = self.queued
+        if queued >= self.max_queued or (mine is not None and len(mine) >= self.client_queued):
             self.refused += 1  # the route logs the 429
             whose = (
-                f"the node is busy: {self.in_flight} requests generating and {self._queued} waiting"
-                if self._queued >= self.max_queued
+                f"the node is busy: {self.in_flight} requests generating and {queued} waiting"
+                if queued >= self.max_queued
                 else f"this client has {self._held[client]} requests generating and {len(mine or ())} "
                 "waiting, its share of the node"
             )
@@ -118,8 +121,7 @@ class Admission:
             )
         waiter = _Waiter(next(self._seq))
         self._waiters.setdefault(client, deque()).append(waiter)
-        self._queued += 1
-        log.info("request %s queued: %d ahead of it", request_id, self._queued - 1)
+        log.info("request %s queued: %d ahead of it", request_id, queued)
         try:
             await waiter.turn.wait()  # _dispatch hands a slot over: in_flight already counts this request
         except BaseException:
@@ -132,12 +134,10 @@ class Admission:
     def _unqueue(self, client: str, waiter: _Waiter) -> None:
         queue = self._waiters[client]
         queue.remove(waiter)
-        self._queued -= 1
         if not queue:
             del self._waiters[client]
 
     def _release(self, client: str) -> None:
-        self.in_flight -= 1
         self._held[client] -= 1
         if not self._held[client]:
             del self._held[client]

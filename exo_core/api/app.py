@@ -70,8 +70,8 @@ def create_app(
         body_timeout: longest time in seconds a request body may take to arrive (408 beyond).
         max_in_flight: generating requests served at once (:class:`~exo_core.api.admission.Admission`).
         max_queued: requests waiting for a generation slot; beyond, 429 with ``Retry-After``.
-        client_share: the fraction of those slots and queue places one client (an API key's name, else an
-            address) may hold, so others always find room.
+        client_share: the fraction of those slots and queue places one client (the name of its key in
+            ``api_keys``, else its address) may hold, so others always find room.
         bind_host: the address the server listens on: bound to loopback, requests must name a loopback
             host (or one of ``allowed_hosts``) in ``Host`` (:mod:`exo_core.api.origin`).
         allowed_hosts: further ``Host`` names accepted (``name`` or ``name:port``; ``*``: any), e.g. a
