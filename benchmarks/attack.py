@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -302,14 +301,12 @@ def half_sent_http(keyed: NodeProcess, _open: NodeProcess) -> dict[str, Any]:
 
 
 def concurrent_streams(keyed: NodeProcess, _open: NodeProcess) -> dict[str, Any]:
-    url = urllib.parse.urlsplit(keyed.api)
-    assert url.hostname is not None and url.port is not None
 
     def one(i: int) -> tuple[str, float, str | None]:
         body = {**CHAT, "messages": [{"role": "user", "content": f"Count to ten. ({i})"}], "max_tokens": 8}
         t0 = time.monotonic()
         # from 127.0.0.2: another host than the monitor's user, as a flooding machine on a LAN would be
-        conn = HTTPConnection(url.hostname, url.port, timeout=120, source_address=(FLOODER, 0))
+        conn = HTTPConnection("127.0.0.1", keyed.api_port, timeout=120, source_address=(FLOODER, 0))
         first = None
         try:
             conn.request(
