@@ -13,8 +13,10 @@ A product is onnxruntime's contrib op ``MatMulNBits`` (``com.microsoft``) over t
 :mod:`exo_engine_numpy.ggml_blocks` decodes them, with ``accuracy_level=4``: activations are quantized to 8
 bits per block inside the kernel (as llama.cpp does) and multiplied on int8 dot products (AVX-512 VNNI,
 AVX2, NEON), which measured ~2.5x faster here than the float32 products of the same matrices. A per-block
-offset (Q4_1's and the K-quants' mins) is kept out of the kernel as an exact float32 term,
-``offset @ blocksum(x)``: ``MatMulNBits`` with float zero points leaves the fast path (10x slower here).
+offset (Q4_1's and the K-quants' mins) is kept out of the kernel as a float32 term,
+``offset @ blocksum(x)`` over the sums of the int8-rounded activations, as llama.cpp's Q4_1 dot product
+takes them (:meth:`GraphBuilder.block_sums`): ``MatMulNBits`` with float zero points leaves the fast path
+(50x slower here).
 Float matrices (F16, BF16, F32 tensors of a quantized file) are float32 ``MatMul``.
 
 Sessions share one process-wide intra-op thread pool (:func:`configure_runtime`), sized like the BLAS pool.
@@ -186,15 +188,31 @@ class GraphBuilder:
         )[0]
         if w.offset is None:
             return y
-        # exact per-block offsets: y += blocksum(x) @ offset.T
-        shape = self.const("shape", np.array([0, nb, w.block], np.int64))
+        # per-block offsets: y += blocksum(x) @ offset.T, over the block sums of the int8-rounded x
+        offset = self.const("offset", w.offset.T.astype(F32))
+        return self.op("Add", [y, self.op("MatMul", [self.block_sums(x, k, w.block), offset])[0]])[0]
+
+    def block_sums(self, x: str, k: int, block: int) -> str:
+        """``(rows, k // block)`` sums of each ``block`` values of ``x`` ``(rows, k)``, taken as the kernel
+        takes ``x``: rounded to 8 bits per block (``MatMulNBits`` over a block of ones, one row per block).
+
+        llama.cpp multiplies a block's min by the sum of the block's *rounded* activations (Q8_1's ``s``),
+        so the offset's rounding cancels the codes' as it does there; exact sums left Q4_1's greedy steps
+        further from llama.cpp's (248 against 250 of 256 teacher-forced, docs/engines.md).
+        """
+        rows = self.op("Reshape", [x, self.const("shape", np.array([-1, block], np.int64))])[0]
+        ones = np.full((1, 1, block // 2), 0x99, np.uint8)  # 4-bit codes 9 - zero point 8 = 1
         sums = self.op(
-            "ReduceSum",
-            [self.op("Reshape", [x, shape])[0], self.const("axes", np.array([2], np.int64))],
-            keepdims=0,
+            "MatMulNBits",
+            [rows, self.const("ones", ones), self.const("one", np.ones(1, F32))],
+            domain="com.microsoft",
+            K=block,
+            N=1,
+            bits=4,
+            block_size=block,
+            accuracy_level=ACCURACY_INT8,
         )[0]
-        off = self.op("MatMul", [sums, self.const("offset", np.ascontiguousarray(w.offset.T, dtype=F32))])[0]
-        return self.op("Add", [y, off])[0]
+        return self.op("Reshape", [sums, self.const("shape", np.array([-1, k // block], np.int64))])[0]
 
     def session(self, inputs: Sequence[tuple[str, int]], outputs: Sequence[tuple[str, int]]) -> Graph:
         """Compile with float32 inputs/outputs ``(name, width)`` of shape ``(rows, width)``.

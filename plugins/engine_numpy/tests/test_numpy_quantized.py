@@ -61,14 +61,16 @@ def check_default_model(shard: QuantShard, ref: dict[str, Any], *, min_overlap: 
     """The default model against one llama.cpp run on the same file.
 
     * top-1 equal at every recorded position, except where llama.cpp's own top two are within
-      :data:`NEAR_TIE` (then ours is one of its tied candidates); top-10 overlap >= ``min_overlap``;
+      :data:`NEAR_TIE` (then ours is one of its tied candidates); top-10 overlap >= ``min_overlap``, where
+      one of llama.cpp's ten may instead sit within :data:`NEAR_TIE` of our tenth (a tie at the cut);
     * greedy, teacher-forced: at each of llama.cpp's 32 greedy steps of every prompt (fed its own tokens),
       our argmax is its token on >= 93% of the steps, and where not, its token is within 0.75 of our best.
 
-    Both engines round activations to 8 bits, each its own way (llama.cpp: fp16 block scales, quantized
-    block sums; onnxruntime: float32 scales, exact sums), so free-running greedy texts part at the model's
-    many near-ties (measured: 1 of 8 prompts equal for all 32 tokens on Q4_1, 2 of 8 for the exact float32
-    path) while step-by-step agreement is 94-98% for both paths (docs/engines.md).
+    Both engines round activations to 8 bits per block of 32 and take the blocks' sums from the rounded
+    values, but llama.cpp stores each block's scale as float16 and onnxruntime as float32, so free-running
+    greedy texts part at the model's many near-ties (measured: 3 of 8 prompts equal for all 32 tokens on
+    Q4_1, 2 of 8 for the exact float32 path) while step-by-step agreement is 94-98% for both paths
+    (docs/engines.md).
     """
     agree = steps = 0
     for p in ref["prompts"]:
@@ -79,7 +81,18 @@ def check_default_model(shard: QuantShard, ref: dict[str, Any], *, min_overlap: 
                 i for i, v in zip(top["ids"], top["values"], strict=True) if top["values"][0] - v < NEAR_TIE
             ]
             assert ours[0] in tied, (p["text"], pos, ours[:3], top["ids"][:3])
-            assert len(set(ours) & set(top["ids"])) >= min_overlap, (p["text"], pos, ours, top["ids"])
+            row = logits[int(pos)]
+            cut = float(row[ours[-1]])
+            missing = [i for i in top["ids"] if i not in ours]
+            at_cut = [i for i in missing if cut - float(row[i]) < NEAR_TIE]
+            overlap = 10 - len(missing)
+            assert overlap >= min_overlap or (overlap == min_overlap - 1 and at_cut), (
+                p["text"],
+                pos,
+                ours,
+                top["ids"],
+                missing,
+            )
         forced = _logits(shard, p["ids"] + p["greedy"][:-1])[len(p["ids"]) - 1 :]
         for row, want in zip(forced, p["greedy"], strict=True):
             steps += 1

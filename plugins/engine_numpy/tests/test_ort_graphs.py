@@ -44,6 +44,27 @@ def test_product_matches_dequantized_matrix(name: str, rows: int) -> None:
     assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max(), name
 
 
+def _int8_rounded(x: np.ndarray, block: int) -> np.ndarray:
+    """``x`` as llama.cpp's Q8 activations hold it: per ``block`` values, ``d = max|x| / 127``, then
+    ``round(x / d) * d``."""
+    xb = x.reshape(x.shape[0], -1, block).astype(np.float64)
+    d = np.abs(xb).max(-1, keepdims=True) / 127
+    return (np.round(xb / np.where(d == 0, 1, d)) * d).reshape(x.shape)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_product_is_the_file_weights_times_int8_activations(name: str, rows: int) -> None:
+    """Codes and offsets alike multiply the activations rounded to 8 bits per block: the offset term takes
+    the rounded block sums, as llama.cpp's Q4_1 x Q8_1 dot product does, so the whole product is the
+    dequantized matrix times the rounded ``x`` to float32 rounding (exact block sums missed it by ~1%)."""
+    blocks = _blocks(name, cols=512)
+    x = (RNG.standard_normal((rows, 512)) * RNG.uniform(0.1, 4.0, (rows, 512))).astype(np.float32)
+    got = _run([Product(blocks)], x)
+    ref = _int8_rounded(x, blocks.block) @ blocks.dequantize().astype(np.float64).T
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), name
+
+
 def test_block_16_and_mixed_products_concatenate_in_order() -> None:
     w16 = RNG.standard_normal((64, 256)).astype(np.float32)
     b16 = quantize_8bit(w16, block=16)
