@@ -13,7 +13,8 @@ best round (the machine is shared and its speed drifts; interleaving and best-of
 llama.cpp is measured the same way (a subprocess per round) when ``llama_cpp`` imports, or with
 ``--llamacpp-python`` / ``$EXO_BENCH_LLAMACPP_PYTHON`` / ``/opt/llamacpp-venv/bin/python``.
 
-Memory: ``weights_bytes`` is the engine's own count (``memory().weights``), ``file_tensor_bytes`` the bytes
+Memory: ``weights_bytes`` is the engine's own count (``memory().weights``; the NumPy engine's quantized path
+measures what onnxruntime keeps, its packing included, see docs/engines.md), ``file_tensor_bytes`` the bytes
 of the model file's tensors, ``memory_ratio_vs_file`` their ratio; ``rss_load_bytes`` is the process's RSS
 growth while the engine loaded (the measured engine loads first, into a fresh process) and
 ``rss_ratio_vs_file`` its ratio to the file's tensors.

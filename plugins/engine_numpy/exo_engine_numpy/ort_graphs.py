@@ -82,6 +82,24 @@ def configure_runtime() -> int:
         return _threads
 
 
+_warm = False
+
+
+def warm_runtime() -> None:
+    """Set up onnxruntime's process-wide state once (:func:`configure_runtime`, its kernel registries, the
+    quantized kernels' first use) by building and dropping a one-block graph, so that what a shard's load
+    allocates afterwards is its own (:class:`exo_engine_numpy.heap.HeapGrowth`: ~11 MB otherwise)."""
+    global _warm
+    with _threads_lock:
+        if _warm:
+            return
+        _warm = True
+    g = GraphBuilder("warm")
+    blocks = Blocks(np.zeros((1, 32), np.uint8), np.ones((1, 1), F32), np.zeros((1, 1), F32), 4, 32)
+    y = g.rms_norm("x", np.ones(32, F32), 1e-5)
+    g.session([("x", 32)], [(g.linear(y, [Product(blocks)]), 1)])(np.ones((1, 32), F32))
+
+
 @dataclass
 class Product:
     """One matrix for ``x @ W.T``: quantized :class:`Blocks` or a float32 ``(out, in)`` array."""

@@ -21,8 +21,9 @@ from exo_core.models.source import ModelSource, ensure_layers, load_config, open
 from exo_core.models.weights import RowLookup, WeightReader, names_for_shard
 from exo_engine_numpy.blas_threads import one_blas_thread
 from exo_engine_numpy.ggml_blocks import Blocks, decode, quantize_8bit
+from exo_engine_numpy.heap import HeapGrowth
 from exo_engine_numpy.layers import F32, RopeTable, attend_rows, attend_steps, causal_mask
-from exo_engine_numpy.ort_graphs import Graph, GraphBuilder, Product
+from exo_engine_numpy.ort_graphs import Graph, GraphBuilder, Product, warm_runtime
 from exo_engine_numpy.shard import KVCache, ShardRange
 
 log = logging.getLogger(__name__)
@@ -174,12 +175,17 @@ class QuantShard(ShardRange):
         if missing:
             raise ValueError(f"model {source.model_id} lacks tensors {', '.join(missing[:3])}")
         weights = QuantWeights(reader, force=force)
-        self.layers = [build_layer(weights, cfg, i, wanted) for i in range(first, last + 1)]
         self.head: Graph | None = None
+        warm_runtime()
+        with HeapGrowth() as grown:  # what onnxruntime keeps of the weights, its packing included
+            self.layers = [build_layer(weights, cfg, i, wanted) for i in range(first, last + 1)]
+            if self.is_last:
+                self.head = build_head(weights, cfg, "lm_head" if "lm_head" in wanted else "embed")
+        #: bytes the kernels hold for the weights: measured where the heap can be (at least what they were
+        #: handed), else what they were handed
+        self.kernel_nbytes = max(self.input_nbytes(), grown.bytes or 0)
         self.embed: RowLookup | None = None
         self.embed_nbytes = 0
-        if self.is_last:
-            self.head = build_head(weights, cfg, "lm_head" if "lm_head" in wanted else "embed")
         if self.is_first:
             self.embed = reader.rows("embed")
             # a tied embedding this shard also holds as its head is counted once (the head's blocks)
@@ -197,18 +203,24 @@ class QuantShard(ShardRange):
                 weights.requantized[0],
             )
         log.info(
-            "loaded %s layers %d..%d (%.1f MB quantized) in %.2f s",
+            "loaded %s layers %d..%d in %.2f s: the kernels hold %.1f MB for %.1f MB of quantized weights",
             source.model_id,
             first,
             last,
-            self.nbytes() / 1e6,
             time.perf_counter() - started,
+            self.kernel_nbytes / 1e6,
+            self.input_nbytes() / 1e6,
         )
 
-    def nbytes(self) -> int:
-        """Bytes of the weights handed to the kernels, plus the embedding table a first shard reads."""
-        total = sum(layer.nbytes for layer in self.layers) + self.embed_nbytes
+    def input_nbytes(self) -> int:
+        """Bytes of the arrays handed to the kernels (codes, float32 scales and offsets, norms)."""
+        total = sum(layer.nbytes for layer in self.layers)
         return total + (self.head.nbytes if self.head is not None else 0)
+
+    def nbytes(self) -> int:
+        """Bytes the kernels hold for the weights (:mod:`exo_engine_numpy.heap`), plus the embedding
+        table a first shard reads."""
+        return self.kernel_nbytes + self.embed_nbytes
 
     def forward(self, cache: KVCache, x: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run the shard over ``x`` (ids or hidden states) at the cache's next positions."""

@@ -284,10 +284,13 @@ async def test_incremental_decode_follows_one_prefill(tiny: Any, tmp_path: Path)
         assert int(np.argmax(step)) == int(np.argmax(full[i]))
 
 
-async def test_memory_follows_the_file(default_source: ModelSource) -> None:
-    """The weights handed to the kernels against the file's bytes of the same tensors: the whole model
-    1.16x (Q4_1 blocks plus their float32 offsets, the Q8_0 head); a middle shard only its layers."""
+async def test_memory_counts_what_the_kernels_hold(default_source: ModelSource) -> None:
+    """``memory().weights`` is what onnxruntime keeps, its packing included (measured on the heap), not
+    just the arrays handed to it: the whole default model 1.16x its file's bytes handed over and ~1.6x
+    held (a float32 scale and a float32 block sum per 32 weights, the unpacked scales, the Q4_1 offsets);
+    a middle shard only its layers."""
     from exo_engine_numpy.engine import NumpyEngine
+    from exo_engine_numpy.heap import heap_in_use
 
     from exo_core.models.gguf_file import open_gguf
 
@@ -295,11 +298,16 @@ async def test_memory_follows_the_file(default_source: ModelSource) -> None:
     file_bytes = sum(t.nbytes for t in tensors.values())
     whole = NumpyEngine()
     await whole.load(default_source, 0, 29, 30)
-    assert whole.memory().weights <= 1.17 * file_bytes
+    shard = whole._shard
+    assert isinstance(shard, QuantShard)
+    assert shard.input_nbytes() <= 1.17 * file_bytes
+    assert whole.memory().weights >= shard.input_nbytes()
+    if heap_in_use() is not None:  # measured: 1.61x; the packing is onnxruntime's (docs/engines.md)
+        assert 1.3 * file_bytes <= whole.memory().weights <= 1.8 * file_bytes
     middle = NumpyEngine()
     await middle.load(default_source, 10, 19, 30)
     layer_bytes = sum(
         t.nbytes for n, t in tensors.items() if n.startswith(tuple(f"blk.{i}." for i in range(10, 20)))
     )
-    assert middle.memory().weights <= 1.25 * layer_bytes  # Q4_1 mins as float32: 24 of 20 bytes per block
+    assert middle.memory().weights <= 1.9 * layer_bytes  # measured 1.76x: Q4_1 blocks only, no Q8_0 head
     assert middle.memory().weights <= 0.4 * whole.memory().weights
