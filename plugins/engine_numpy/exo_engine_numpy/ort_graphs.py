@@ -83,6 +83,7 @@ def configure_runtime() -> int:
 
 
 _warm = False
+_warm_lock = threading.Lock()
 
 
 def warm_runtime() -> None:
@@ -90,14 +91,14 @@ def warm_runtime() -> None:
     quantized kernels' first use) by building and dropping a one-block graph, so that what a shard's load
     allocates afterwards is its own (:class:`exo_engine_numpy.heap.HeapGrowth`: ~11 MB otherwise)."""
     global _warm
-    with _threads_lock:
+    with _warm_lock:  # a second load waits until the first has finished warming up
         if _warm:
             return
+        g = GraphBuilder("warm")
+        blocks = Blocks(np.zeros((1, 32), np.uint8), np.ones((1, 1), F32), np.zeros((1, 1), F32), 4, 32)
+        y = g.rms_norm("x", np.ones(32, F32), 1e-5)
+        g.session([("x", 32)], [(g.linear(y, [Product(blocks)]), 1)])(np.ones((1, 32), F32))
         _warm = True
-    g = GraphBuilder("warm")
-    blocks = Blocks(np.zeros((1, 32), np.uint8), np.ones((1, 1), F32), np.zeros((1, 1), F32), 4, 32)
-    y = g.rms_norm("x", np.ones(32, F32), 1e-5)
-    g.session([("x", 32)], [(g.linear(y, [Product(blocks)]), 1)])(np.ones((1, 32), F32))
 
 
 @dataclass
