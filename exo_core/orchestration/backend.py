@@ -175,8 +175,10 @@ class NodeBackend:
         the head folded onto the last node (:func:`~exo_core.topology.partition.fold_head`), over the
         reachable nodes but those in ``exclude``.
 
-        With ``model_bytes`` (the weights as stored), a plan that gives a node more of them than the memory
-        it reports is refused: 503 ``no_capacity`` naming the node (the engine holds at least that much).
+        With ``model_bytes`` (the weights as stored), a plan that gives a node more weights than the memory it
+        reports is refused: 503 ``no_capacity`` naming the node. A node's weights are its share of the stored
+        bytes times what its engine holds per stored byte, as the node measured on its last load of the
+        model and gossiped (``held_ratio``; 1 until then).
         """
         try:
             nodes = [n for n in self.cluster.resources() if n.node_id not in exclude]
@@ -184,7 +186,8 @@ class NodeBackend:
             units = self.partitioner.plan(nodes, edges, n_layers + head_layers)
             plan = fold_head(units, n_layers)
             if model_bytes:
-                check_memory(plan, nodes, model_bytes / (n_layers + head_layers), head_layers, model)
+                unit = model_bytes / (n_layers + head_layers)
+                check_memory(plan, nodes, unit, head_layers, model, self.cluster.held_ratios(model))
         except NoCapacityError as exc:
             raise BackendError(503, "no_capacity", str(exc)) from exc
         self._last_plan = (model, n_layers, plan)

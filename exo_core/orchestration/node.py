@@ -104,7 +104,7 @@ class Node:
         transport.capabilities = dict(caps)
         self.cluster = ClusterView(node_id, caps)
         self.catalog = Catalog(core.default_model, core.model_path)
-        self.shards = ShardHost(engine_factory, self.catalog)
+        self.shards = ShardHost(engine_factory, self.catalog, on_held_ratio=self._held_ratio)
         self.tracker = RequestTracker()
         self._cluster_changed = anyio.Event()
         self.gossip = Gossip(
@@ -134,6 +134,13 @@ class Node:
         self._router: Router | None = None
         self.api_port: int | None = None
         self.started = anyio.Event()
+
+    def _held_ratio(self, model_id: str, ratio: float) -> None:
+        """Tell the cluster what this node's engine holds per stored byte of the model it just loaded, for
+        the memory check of the plans (:func:`~exo_core.orchestration.checks.check_memory`)."""
+        if self.cluster.set_held_ratio(model_id, ratio):
+            log.info("%s: the engine holds %.2f bytes per stored byte", model_id, ratio)
+            self.gossip.announce()
 
     def _on_cluster_change(self) -> None:
         # a node several hops away that vanished shows up here (through gossip), not as a peer event; a

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import anyio
 
 from exo_core.engine import InferenceEngine
-from exo_core.models.source import ensure_layers, load_config
+from exo_core.models.config import ModelConfig
+from exo_core.models.source import ModelSource, ensure_layers, head_in_layers, load_config, stored_bytes
 from exo_core.orchestration.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,39 @@ class _Slot:
     used_at: float = field(default_factory=time.monotonic)
 
 
+def shard_stored_bytes(source: ModelSource, config: ModelConfig, first: int, last: int) -> float:
+    """Stored bytes of layers ``first..last`` (and of the output head when ``last`` is the model's last
+    layer), as the plan counts them: the model's stored bytes over its blocks plus the head's weight in
+    blocks (:func:`~exo_core.models.source.head_in_layers`). 0 when the stored size is unknown."""
+    total = stored_bytes(source)
+    if total <= 0:
+        return 0.0
+    head = head_in_layers(source, config)
+    units = last - first + 1 + (head if last == config.n_layers - 1 else 0)
+    return units * total / (config.n_layers + head)
+
+
+def held_ratio(held: int, stored: float) -> float | None:
+    """``held / stored`` when both are known."""
+    return held / stored if held > 0 and stored > 0 else None
+
+
 class ShardHost:
     """Builds, loads and keeps engines by shard."""
 
     def __init__(
-        self, engine_factory: Callable[[], InferenceEngine], catalog: Catalog, *, max_shards: int = 2
+        self,
+        engine_factory: Callable[[], InferenceEngine],
+        catalog: Catalog,
+        *,
+        max_shards: int = 2,
+        on_held_ratio: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``on_held_ratio(model_id, ratio)`` hears, after each load, the bytes the engine holds per stored
+        byte of its shard (see :func:`held_ratio`)."""
         self._factory = engine_factory
         self._catalog = catalog
+        self._on_held_ratio = on_held_ratio
         self._slots: dict[ShardKey, _Slot] = {}
         self._max = max_shards
         self._lock = anyio.Lock()
@@ -64,6 +90,10 @@ class ShardHost:
                 log.info(
                     "loaded %s layers %d..%d in %.1f s", model_id, first, last, time.monotonic() - started
                 )
+                stored = await anyio.to_thread.run_sync(shard_stored_bytes, source, config, first, last)
+                ratio = held_ratio(slot.engine.memory().weights, stored)
+                if ratio is not None and self._on_held_ratio is not None:
+                    self._on_held_ratio(model_id, ratio)
                 await self._evict(keep=key)
         slot.requests.add(request_id)
         slot.used_at = time.monotonic()

@@ -20,6 +20,10 @@ from exo_core.topology.partition import NodeResources
 #: capability a node gossips as ``True`` once it is shutting down (SIGTERM): peers stop planning through it
 #: and move the requests that use it at once (docs/protocol.md, "Leaving the cluster")
 DRAINING = "draining"
+#: capability: ``{model id: bytes the engine holds per stored byte}``, measured by the node on each load
+HELD_RATIO = "held_ratio"
+#: larger ratios from a peer are ignored as malformed (float32 weights from a 2-bit file are ~16x)
+MAX_HELD_RATIO = 64.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,15 @@ class NodeRecord:
     def memory_mb(self) -> int:
         memory = self.capabilities.get("memory", 0)
         return int(memory) if isinstance(memory, int | float) and memory > 0 else 0
+
+    def held_ratio(self, model: str) -> float | None:
+        """Bytes the node's engine holds per stored byte of ``model`` (capability :data:`HELD_RATIO`, set
+        after a load), or None when it has not said or said something malformed."""
+        ratios = self.capabilities.get(HELD_RATIO)
+        value = ratios.get(model) if isinstance(ratios, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_HELD_RATIO:
+            return float(value)
+        return None
 
 
 @dataclass
@@ -119,6 +132,22 @@ class ClusterView:
             self.self_id, max(own.seq + 1, time.time_ns()), self.capabilities, own.neighbors, self.address
         )
         return True
+
+    def set_held_ratio(self, model: str, ratio: float) -> bool:
+        """Record (and gossip) what this node's engine holds per stored byte of ``model``."""
+        current = self.capabilities.get(HELD_RATIO)
+        ratios = dict(current) if isinstance(current, dict) else {}
+        ratios[model] = round(ratio, 3)
+        return self.set_capability(HELD_RATIO, ratios)
+
+    def held_ratios(self, model: str) -> dict[str, float]:
+        """Each node's :meth:`NodeRecord.held_ratio` for ``model``, where it said one."""
+        out = {}
+        for node_id, rec in self.records.items():
+            ratio = rec.held_ratio(model)
+            if ratio is not None:
+                out[node_id] = ratio
+        return out
 
     def leaving(self) -> set[str]:
         """Nodes that announced they are shutting down (capability ``draining``): no new plan uses them."""

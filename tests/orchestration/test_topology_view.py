@@ -42,3 +42,15 @@ def test_before_any_plan_there_is_none_and_no_shards_key_without_a_shard_host() 
     out = describe_topology(ClusterView("a", {}), None, None, ())
     assert out["plan"] is None and "loaded_shards" not in out and out["recent_events"] == []
     assert out["nodes"] == [{"id": "a", "address": "", "is_self": True, "memory_mb": 0}]
+
+
+def test_the_topology_shows_what_each_engine_holds_per_stored_byte() -> None:
+    view = ClusterView("a", {"memory": 2048}, "h:1")
+    view.set_held_ratio("m", 1.61)
+    view.set_neighbors(["b", "c"])
+    malformed = {"memory": 1024, "held_ratio": {"m": "x", 3: 1.0}}
+    view.merge(NodeRecord("b", 1, malformed, frozenset({"a"}), "h:2"))
+    view.merge(NodeRecord("c", 1, {"memory": 1024, "held_ratio": 7}, frozenset({"a"}), "h:3"))
+    nodes = describe_topology(view, None, None, [])["nodes"]
+    assert nodes[0]["held_ratio"] == {"m": 1.61}
+    assert "held_ratio" not in nodes[1] and "held_ratio" not in nodes[2]  # malformed: left out
