@@ -90,14 +90,27 @@ class ShardHost:
                 log.info(
                     "loaded %s layers %d..%d in %.1f s", model_id, first, last, time.monotonic() - started
                 )
-                stored = await anyio.to_thread.run_sync(shard_stored_bytes, source, config, first, last)
-                ratio = held_ratio(slot.engine.memory().weights, stored)
-                if ratio is not None and self._on_held_ratio is not None:
-                    self._on_held_ratio(model_id, ratio)
+                if self._on_held_ratio is not None:
+                    await self._report_held_ratio(slot.engine, source, config, key)
                 await self._evict(keep=key)
         slot.requests.add(request_id)
         slot.used_at = time.monotonic()
         return slot.engine
+
+    async def _report_held_ratio(
+        self, engine: InferenceEngine, source: ModelSource, config: ModelConfig, key: ShardKey
+    ) -> None:
+        """Measure held/stored for the shard just loaded and pass it on; a failure here only costs the
+        figure (logged), never the load."""
+        model_id, first, last = key
+        try:
+            stored = await anyio.to_thread.run_sync(shard_stored_bytes, source, config, first, last)
+            ratio = held_ratio(engine.memory().weights, stored)
+        except Exception as exc:
+            log.warning("%s layers %d..%d: no held/stored figure: %s", model_id, first, last, exc)
+            return
+        if ratio is not None and self._on_held_ratio is not None:
+            self._on_held_ratio(model_id, ratio)
 
     async def free(self, request_id: str) -> None:
         """Drop the request's KV caches in every engine."""

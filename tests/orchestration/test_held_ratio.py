@@ -113,3 +113,20 @@ def test_the_backends_plan_uses_the_gossiped_ratios() -> None:
     assert info.value.status == 503 and info.value.code == "no_capacity"
     assert "node b" in str(info.value) and "x 1.60" in str(info.value)
     backend.plan("n", 8, model_bytes=160 * MB)  # another model: b said nothing about it
+
+
+class SaysNothing(HoldsEngine):
+    def memory(self) -> MemoryUsage:
+        raise RuntimeError("no idea")
+
+
+async def test_an_engine_that_cannot_say_still_loads_and_serves(caplog: pytest.LogCaptureFixture) -> None:
+    heard: list[tuple[str, float]] = []
+    host = ShardHost(
+        lambda: SaysNothing(1),  # type: ignore[arg-type,return-value]
+        Catalog("smollm2-135m"),
+        on_held_ratio=lambda model, ratio: heard.append((model, ratio)),
+    )
+    engine = await host.engine_for(("smollm2-135m", 0, 3), "r1")
+    assert isinstance(engine, SaysNothing) and heard == []
+    assert "no held/stored figure: no idea" in caplog.text
