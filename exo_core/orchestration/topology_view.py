@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from exo_core.topology.cluster import HELD_RATIO, ClusterView
+from exo_core.topology.cluster import ClusterView
 from exo_core.topology.partition import Plan
 
 #: the latest plan a node made: model id, number of layers, the plan
@@ -43,9 +43,7 @@ def describe_topology(
         node["memory_mb"] = rec.memory_mb
         if isinstance(caps.get("flops"), dict):
             node["flops"] = caps["flops"]
-        said = caps.get(HELD_RATIO)
-        models = [m for m in said if isinstance(m, str)] if isinstance(said, dict) else []
-        held = {m: r for m in models if (r := rec.held_ratio(m)) is not None}
+        held = rec.held_ratios()
         if held:  # what its engine holds per stored byte, by model (after a load; the plan uses it)
             node["held_ratio"] = held
         if rec.node_id in declared:  # peers.json's device_capabilities, beside what the node reports

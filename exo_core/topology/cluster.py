@@ -71,14 +71,24 @@ class NodeRecord:
         memory = self.capabilities.get("memory", 0)
         return int(memory) if isinstance(memory, int | float) and memory > 0 else 0
 
+    def held_ratios(self) -> dict[str, float]:
+        """Bytes the node's engine holds per stored byte, by model (capability :data:`HELD_RATIO`, set
+        after a load); malformed entries left out."""
+        said = self.capabilities.get(HELD_RATIO)
+        if not isinstance(said, dict):
+            return {}
+        return {
+            model: float(value)
+            for model, value in said.items()
+            if isinstance(model, str)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and 0 < value <= MAX_HELD_RATIO
+        }
+
     def held_ratio(self, model: str) -> float | None:
-        """Bytes the node's engine holds per stored byte of ``model`` (capability :data:`HELD_RATIO`, set
-        after a load), or None when it has not said or said something malformed."""
-        ratios = self.capabilities.get(HELD_RATIO)
-        value = ratios.get(model) if isinstance(ratios, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_HELD_RATIO:
-            return float(value)
-        return None
+        """:meth:`held_ratios` of ``model``, or None when the node has not said (or said nonsense)."""
+        return self.held_ratios().get(model)
 
 
 @dataclass
